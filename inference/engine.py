@@ -1,0 +1,207 @@
+"""The decode loop: one ONNX model loaded once, greedy decoding, KV-cache reuse across keystrokes.
+
+Runs on a worker thread and is driven through plain values (token ids, strings, callables); it never
+touches LSP or the event loop. One generation runs at a time: the KV cache is a single shared buffer.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from .cache import ModelError, validate_model_dir
+from .provider import ProviderChoice, choose_provider
+
+log = logging.getLogger(__name__)
+
+# Prefill in chunks so that a cancellation or the time budget is noticed within one chunk.
+PREFILL_CHUNK = 256
+# Reusing fewer tokens than this is not worth keeping a stale cache around.
+MIN_REUSE = 8
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    prompt_ids: tuple[int, ...]
+    max_new_tokens: int = 64
+    stop_strings: tuple[str, ...] = ()
+    time_budget_s: float = 5.0
+
+
+@dataclass(frozen=True)
+class Generation:
+    text: str
+    token_ids: tuple[int, ...]
+    stop_reason: str  # eos | stop_string | complete | max_tokens | time_budget | cancelled | context_full
+    prompt_tokens: int
+    reused_tokens: int  # prompt tokens whose KV cache came from the previous request
+    prefill_s: float
+    decode_s: float
+
+
+@dataclass
+class _KvState:
+    """The generator whose KV cache holds `tokens` (prompt and generated ids, in order)."""
+
+    generator: object
+    tokens: list[int] = field(default_factory=list)
+    max_length: int = 0
+
+
+def common_prefix_length(a: list[int] | tuple[int, ...], b: list[int] | tuple[int, ...]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+class Engine:
+    """A loaded model plus its tokenizer. Thread-safe: calls are serialised by a lock."""
+
+    def __init__(self, model_dir: Path, provider: str = "auto", threads: int | None = None,
+                 max_context: int = 4096):
+        import onnxruntime_genai as og
+        from tokenizers import Tokenizer
+
+        self.model_dir = Path(model_dir)
+        validate_model_dir(self.model_dir)
+        self.provider: ProviderChoice = choose_provider(provider)
+        started = time.perf_counter()
+        try:
+            config = og.Config(str(self.model_dir))
+            config.clear_providers()
+            if self.provider.name == "cuda":
+                config.append_provider("cuda")
+            # The converter records the converting machine's cores; the running machine may differ.
+            threads = threads or len(os.sched_getaffinity(0)) or 1
+            config.overlay(json.dumps(
+                {"model": {"decoder": {"session_options": {"intra_op_num_threads": threads}}}}))
+            self._og = og
+            self._model = og.Model(config)
+            self.tokenizer = Tokenizer.from_file(str(self.model_dir / "tokenizer.json"))
+        except ModelError:
+            raise
+        except Exception as exc:  # a corrupt or truncated model must become a clear message
+            raise ModelError(f"cannot load the model in {self.model_dir}: {exc}") from exc
+        self.load_s = time.perf_counter() - started
+        genai = json.loads((self.model_dir / "genai_config.json").read_text())
+        self.context_length = min(int(genai["model"].get("context_length", 2048)), max_context)
+        eos = genai["model"].get("eos_token_id", [])
+        self.eos_ids = frozenset(eos if isinstance(eos, list) else [eos])
+        self._lock = threading.Lock()
+        self._kv: _KvState | None = None
+        log.info("model %s loaded in %.2fs on %s (%s)", self.model_dir.name, self.load_s,
+                 self.provider.name, self.provider.reason)
+
+    # -- tokenizer -------------------------------------------------------------------------
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=True).ids
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer.encode(text, add_special_tokens=False).ids)
+
+    def vocabulary(self) -> set[str]:
+        return set(self.tokenizer.get_vocab(with_added_tokens=True))
+
+    # -- generation ------------------------------------------------------------------------
+    def generate(self, request: GenerationRequest, *,
+                 is_complete: Callable[[str], bool] = lambda text: False,
+                 cancelled: Callable[[], bool] = lambda: False) -> Generation:
+        with self._lock:
+            try:
+                return self._generate(request, is_complete, cancelled)
+            except Exception:
+                self._kv = None  # a half-fed cache must not be reused
+                raise
+
+    def _generate(self, request: GenerationRequest, is_complete, cancelled) -> Generation:
+        started = time.perf_counter()
+        deadline = started + request.time_budget_s
+        # Keep the newest tokens when the prompt exceeds what the cache was sized for.
+        room = self.context_length - request.max_new_tokens
+        prompt = list(request.prompt_ids[-room:]) if room > 0 else list(request.prompt_ids[-1:])
+
+        # Step 1: reuse the KV cache of the longest common prefix with what the cache holds.
+        kv, reused = self._reusable_state(prompt, request.max_new_tokens)
+        pending = prompt[reused:]
+
+        # Step 2: prefill the rest of the prompt, a chunk at a time, checking for cancellation.
+        while pending:
+            if cancelled():
+                return self._result([], "cancelled", prompt, reused, started, time.perf_counter())
+            chunk, pending = pending[:PREFILL_CHUNK], pending[PREFILL_CHUNK:]
+            kv.generator.append_tokens(chunk)
+            kv.tokens.extend(chunk)
+        prefilled = time.perf_counter()
+
+        # Step 3: greedy decoding, one token at a time, each step checking every way to stop.
+        new_ids: list[int] = []
+        text = ""
+        reason = "max_tokens"
+        while len(new_ids) < request.max_new_tokens:
+            if cancelled():
+                reason = "cancelled"
+                break
+            if time.perf_counter() > deadline:
+                reason = "time_budget"
+                break
+            if len(kv.tokens) >= kv.max_length:
+                reason = "context_full"
+                break
+            kv.generator.generate_next_token()
+            token = int(kv.generator.get_next_tokens()[0])
+            kv.tokens.append(token)
+            if token in self.eos_ids:
+                reason = "eos"
+                break
+            new_ids.append(token)
+            text = self.tokenizer.decode(new_ids, skip_special_tokens=False)
+            cut = _first_stop(text, request.stop_strings)
+            if cut is not None:
+                text = text[:cut]
+                reason = "stop_string"
+                break
+            if is_complete(text):
+                reason = "complete"
+                break
+        return self._result(new_ids, reason, prompt, reused, started, prefilled, text)
+
+    def _reusable_state(self, prompt: list[int], max_new_tokens: int) -> tuple[_KvState, int]:
+        og = self._og
+        kv = self._kv
+        if kv is not None and len(prompt) + max_new_tokens <= kv.max_length:
+            # At least one prompt token must be fed again: the logits come from the last one fed.
+            shared = min(common_prefix_length(kv.tokens, prompt), len(prompt) - 1)
+            if shared >= MIN_REUSE:
+                kv.generator.rewind_to(shared)
+                del kv.tokens[shared:]
+                return kv, shared
+        # A fresh generator; its cache is sized once for prompts up to the context budget.
+        max_length = min(self.context_length, max(2048, len(prompt) + max_new_tokens + 1))
+        params = og.GeneratorParams(self._model)
+        params.set_search_options(do_sample=False, max_length=max_length)
+        self._kv = None  # free the old cache before allocating the new one
+        self._kv = _KvState(og.Generator(self._model, params), [], max_length)
+        return self._kv, 0
+
+    def _result(self, ids, reason, prompt, reused, started, prefilled, text="") -> Generation:
+        now = time.perf_counter()
+        return Generation(text=text, token_ids=tuple(ids), stop_reason=reason, prompt_tokens=len(prompt),
+                          reused_tokens=reused, prefill_s=prefilled - started, decode_s=now - prefilled)
+
+    def reset(self) -> None:
+        """Drops the KV cache (a new model, or memory pressure)."""
+        with self._lock:
+            self._kv = None
+
+
+def _first_stop(text: str, stops: tuple[str, ...]) -> int | None:
+    found = [i for i in (text.find(s) for s in stops if s) if i >= 0]
+    return min(found) if found else None

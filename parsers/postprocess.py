@@ -1,0 +1,356 @@
+"""Completion post-processing: single- or multi-line mode at the cursor, when to stop decoding, and the final cut.
+
+Owns the rules that keep ghost text inside the block it belongs to and stop it re-typing text after the cursor.
+Must never raise on broken code or model output, and never know about models or LSP: it sees strs and offsets.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .document import DocumentSnapshot
+
+MAX_LINES = 12
+
+_OPENERS = "([{"
+_CLOSERS = ")]}"
+_QUOTES = "\"'`"
+# Text after the cursor made only of these does not make the cursor "middle of line": it is what the editor
+# auto-closed, and the completion is written in front of it.
+_CLOSING_TEXT = frozenset(")]}\"'`;, \t")
+_LEADING_BLANK_LINES = re.compile(r"(?:[ \t]*\r?\n)+")
+# How far around the cursor we look; keeps everything here independent of the document's size.
+_SUFFIX_LINES = 20
+_SUFFIX_CHARS = 8_000
+
+
+@dataclass(frozen=True)
+class CompletionMode:
+    multiline: bool
+    reason: str  # e.g. "empty line in block", "middle of line", "inside string", "after block opener"
+    indent: str  # indentation of the block the completion belongs to
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    reason: str  # why it was cut, trimmed or emptied ("complete" when nothing was done)
+
+
+@dataclass(frozen=True)
+class _Cursor:
+    """What the rules need to know around the cursor, computed once per request."""
+
+    before: str  # the cursor line up to the cursor
+    rest: str  # the cursor line after the cursor, without its line break
+    suffix_lines: tuple[str, ...]  # the next non-blank lines after the cursor line
+    unit: str  # one indentation level
+    closers: tuple[str, ...]  # keyword block closers ("end", "fi"...)
+    line_comment: str | None
+
+    @property
+    def indent(self) -> str:
+        return _indent_of(self.before)
+
+
+def decide_mode(snapshot: DocumentSnapshot, offset: int) -> CompletionMode:
+    cursor = _cursor(snapshot, offset)
+    rules = snapshot.language
+    place = _syntax_place(snapshot, offset, cursor)
+    indent = cursor.indent
+
+    if place == "string":
+        return CompletionMode(False, "inside string", indent)
+    if place == "comment":
+        return CompletionMode(False, "inside comment", indent)
+    if cursor.rest.strip() and not set(cursor.rest) <= _CLOSING_TEXT:
+        return CompletionMode(False, "middle of line", indent)
+    opener = _ends_with_opener(cursor.before, rules.block_openers)
+    # A bracket opener starts a block even inside a call (a callback body); ":" or a keyword there does not
+    # (a dict value, a slice, a lambda).
+    if opener and (opener in _OPENERS or place != "arguments"):
+        return CompletionMode(True, "after block opener", indent + _unit_for(indent, cursor.unit))
+    if place == "arguments":
+        return CompletionMode(False, "inside argument list", indent)
+    if not cursor.before.strip():
+        return CompletionMode(True, "empty line in block", cursor.before or _indent_from_above(snapshot, offset, rules, cursor))
+    return CompletionMode(False, "end of line", indent)
+
+
+def stop_check(snapshot: DocumentSnapshot, offset: int, mode: CompletionMode, max_lines: int = MAX_LINES) -> Callable[[str], bool]:
+    """A predicate over the text generated so far: True once the completion is complete and decoding can stop."""
+    cursor = _cursor(snapshot, offset)
+
+    def complete(generated: str) -> bool:
+        return _cut(cursor, mode, generated, max_lines, final=False)[2]
+
+    return complete
+
+
+def finalize(snapshot: DocumentSnapshot, offset: int, mode: CompletionMode, generated: str, max_lines: int = MAX_LINES) -> Completion:
+    """The text to show: cut to the mode, stripped, and without text that is already after the cursor."""
+    cursor = _cursor(snapshot, offset)
+    text, reason, _ = _cut(cursor, mode, generated, max_lines, final=True)
+    reasons = [reason] if reason else []
+
+    text = text.rstrip()
+    lines = text.split("\n")
+
+    # The completion's last lines repeat the lines that follow the cursor: the model reached existing code.
+    # Indentation must match too: a "}" one level in closes a different block than the "}" below the cursor.
+    for k in range(min(len(lines) - 1, len(cursor.suffix_lines)), 0, -1):
+        if [line.rstrip() for line in lines[-k:]] == [line.rstrip() for line in cursor.suffix_lines[:k]]:
+            lines = lines[:-k]
+            text = "\n".join(lines).rstrip()
+            reasons.append("dropped lines repeating the suffix")
+            break
+
+    # The end of the completion repeats what the editor already has after the cursor (")", "\")", "]);").
+    trimmed = _trim_rest_overlap(text, cursor.rest)
+    if trimmed != text:
+        text = trimmed.rstrip() if "\n" in trimmed else trimmed
+        reasons.append("trimmed text already after the cursor")
+
+    if not text.strip():
+        text = ""
+        reasons.append("empty")
+    return Completion(text, "; ".join(reasons) or "complete")
+
+
+# The cut ----------------------------------------------------------------------------------------------------
+
+
+def _cut(cursor: _Cursor, mode: CompletionMode, generated: str, max_lines: int, *, final: bool) -> tuple[str, str, bool]:
+    """(text, reason, complete): the generated text cut where the completion ends, and whether it ended."""
+    text = generated.replace("\r\n", "\n")
+    if not cursor.before.strip():
+        # Nothing typed on the cursor line: a leading newline would only leave it blank.
+        text = _LEADING_BLANK_LINES.sub("", text, count=1) if _LEADING_BLANK_LINES.match(text) else text
+        if cursor.before and text.startswith(cursor.before):
+            text = text[len(cursor.before) :]
+
+    if not mode.multiline:
+        end = text.find("\n")
+        if end == -1:
+            return text, "", False
+        return text[:end], "single line", True
+
+    lines = text.split("\n")
+    depth = 0
+    block_width = _width(mode.indent)
+    base_width = _width(cursor.indent)
+    first_body = True
+    for i, line in enumerate(lines):
+        is_last = i == len(lines) - 1
+        if i >= max_lines:
+            return "\n".join(lines[:i]), "max lines", True
+        if i > 0 and line.strip():
+            width = _width(_indent_of(line))
+            if first_body and mode.reason == "after block opener" and base_width < width < block_width:
+                # The file indents by less than the language's usual unit; trust the model's first body line.
+                block_width = width
+            first_body = False
+            # The model wrote the line that already follows the cursor: existing code reached.
+            if (
+                (not is_last or final)  # a line still being written may yet differ
+                and cursor.suffix_lines
+                and line.rstrip() == cursor.suffix_lines[0].rstrip()
+                and not set(line.strip()) <= _CLOSING_TEXT  # lone closers are the bracket rule's business
+            ):
+                return "\n".join(lines[:i]), "reached the suffix", True
+
+        # Brackets: a closer that takes the nesting below the cursor's level ends the block we are in.
+        quote: str | None = None  # strings rarely span lines in completions; per line keeps a stray quote local
+        for j, ch in enumerate(line):
+            if quote:
+                if ch == quote and (j == 0 or line[j - 1] != "\\"):
+                    quote = None
+                continue
+            if ch in _QUOTES:
+                quote = ch
+            elif cursor.line_comment and line.startswith(cursor.line_comment, j):
+                break
+            elif ch in _OPENERS:
+                depth += 1
+            elif ch in _CLOSERS:
+                depth -= 1
+                if depth < 0:
+                    if _closer_present(cursor, ch, _indent_of(line)):
+                        head = line[:j].rstrip()
+                        kept = lines[:i] + [head] if head.strip() or i == 0 else lines[:i]
+                    else:
+                        kept = lines[:i] + [line[: j + 1]]
+                    return "\n".join(kept), "closed the block", True
+
+        # Indentation: a non-empty line shallower than the block is code after the block.
+        if i > 0 and line.strip() and _width(_indent_of(line)) < block_width:
+            word = line.strip().split(None, 1)[0].rstrip(";")
+            if word in cursor.closers and not _keyword_present(cursor, word, _indent_of(line)):
+                return "\n".join(lines[: i + 1]), "closed the block", True
+            return "\n".join(lines[:i]), "dedent", True
+    return "\n".join(lines), "", False
+
+
+def _trim_rest_overlap(text: str, rest: str) -> str:
+    """Drop the longest end of text that equals the start of rest and only re-closes what the cursor is in."""
+    for k in range(min(len(text), len(rest)), 0, -1):
+        tail = rest[:k]
+        if set(tail) <= _CLOSING_TEXT and tail.strip() and text.endswith(tail) and _closes_outside(text[:-k], tail):
+            return text[:-k]
+    return text
+
+
+def _closes_outside(head: str, tail: str) -> bool:
+    """True when every bracket and quote in tail closes something opened before the completion, not in head."""
+    stack: list[str] = []
+    quote: str | None = None
+    for i, ch in enumerate(head):
+        if quote:
+            if ch == quote and (i == 0 or head[i - 1] != "\\"):
+                quote = None
+        elif ch in _QUOTES:
+            quote = ch
+        elif ch in _OPENERS:
+            stack.append(ch)
+        elif ch in _CLOSERS and stack:
+            stack.pop()
+    for ch in tail:
+        if ch in _QUOTES:
+            if quote == ch:
+                return False  # closes a string the completion itself opened
+        elif ch in _CLOSERS and stack:
+            return False  # closes a bracket the completion itself opened
+    return True
+
+
+def _closer_present(cursor: _Cursor, closer: str, indent: str) -> bool:
+    """Whether the document already has this closing bracket right after the cursor, at the same indentation."""
+    rest = cursor.rest.strip()
+    if rest:
+        return rest.startswith(closer)
+    if not cursor.suffix_lines:
+        return False
+    following = cursor.suffix_lines[0]
+    return following.strip().startswith(closer) and _width(_indent_of(following)) == _width(indent)
+
+
+def _keyword_present(cursor: _Cursor, word: str, indent: str) -> bool:
+    if not cursor.suffix_lines:
+        return False
+    following = cursor.suffix_lines[0]
+    parts = following.split(None, 1)
+    return bool(parts) and parts[0].rstrip(";") == word and _width(_indent_of(following)) == _width(indent)
+
+
+# The cursor's surroundings ----------------------------------------------------------------------------------
+
+
+def _cursor(snapshot: DocumentSnapshot, offset: int) -> _Cursor:
+    text = snapshot.text
+    offset = max(0, min(offset, len(text)))
+    line_start = max(text.rfind("\n", 0, offset), text.rfind("\r", 0, offset)) + 1
+    line_end = _find_break(text, offset)
+    after = text[line_end : line_end + _SUFFIX_CHARS]
+    suffix_lines = tuple(line for line in after.splitlines()[1 : _SUFFIX_LINES + 1] if line.strip())
+    rules = snapshot.language
+    return _Cursor(
+        before=text[line_start:offset],
+        rest=text[offset:line_end],
+        suffix_lines=suffix_lines,
+        unit=rules.indent_unit,
+        closers=rules.block_closers,
+        line_comment=rules.line_comment,
+    )
+
+
+def _find_break(text: str, offset: int) -> int:
+    ends = [i for i in (text.find("\n", offset), text.find("\r", offset)) if i != -1]
+    return min(ends) if ends else len(text)
+
+
+def _syntax_place(snapshot: DocumentSnapshot, offset: int, cursor: _Cursor) -> str | None:
+    """"string", "comment", "arguments" or None: what the cursor is inside, from the tree when there is one."""
+    tree, rules = snapshot.tree, snapshot.language
+    if tree is None:
+        return _textual_place(cursor)
+    byte = snapshot.byte_offset(offset)
+    node = tree.root_node.descendant_for_byte_range(max(byte - 1, 0), byte)
+    while node is not None:
+        inside = node.start_byte < byte < node.end_byte
+        if node.type in rules.string_nodes and inside:
+            return "string"
+        # A line comment ends at the line end, where the cursor often is.
+        if node.type in rules.comment_nodes and node.start_byte < byte <= node.end_byte:
+            closed = rules.block_comment and node.end_byte == byte and snapshot.source[:byte].endswith(rules.block_comment[1].encode())
+            if not closed:
+                return "comment"
+        if node.type in rules.argument_nodes and inside:
+            return "arguments"
+        node = node.parent
+    # Broken code the parser could not place (an unclosed call): fall back to the line's own brackets.
+    return "arguments" if _open_brackets(cursor.before) else None
+
+
+def _textual_place(cursor: _Cursor) -> str | None:
+    before = cursor.before
+    quote: str | None = None
+    for i, ch in enumerate(before):
+        if quote:
+            if ch == quote and before[i - 1] != "\\":
+                quote = None
+        elif ch in _QUOTES:
+            quote = ch
+        elif cursor.line_comment and before.startswith(cursor.line_comment, i):
+            return "comment"
+    if quote:
+        return "string"
+    return "arguments" if _open_brackets(before) else None
+
+
+def _open_brackets(text: str) -> bool:
+    depth = 0
+    for ch in text:
+        if ch in "([":
+            depth += 1
+        elif ch in ")]" and depth:
+            depth -= 1
+    return depth > 0
+
+
+def _ends_with_opener(before: str, openers: tuple[str, ...]) -> str | None:
+    stripped = before.rstrip()
+    for opener in openers:
+        if opener[-1].isalnum():
+            if re.search(r"(?:^|\W)" + re.escape(opener) + r"$", stripped):
+                return opener
+        elif stripped.endswith(opener):
+            return opener
+    return None
+
+
+def _indent_from_above(snapshot: DocumentSnapshot, offset: int, rules, cursor: _Cursor) -> str:
+    """Block indentation for a blank line at column 0: one level in after an opener, else the column itself.
+
+    Editors indent a new line inside a block, so column 0 normally means top level; only right after an opener
+    (an editor without auto-indent) is the block deeper than the cursor.
+    """
+    window = snapshot.text[max(0, offset - _SUFFIX_CHARS) : offset]
+    for line in reversed(window.splitlines()):
+        if line.strip():
+            indent = _indent_of(line)
+            return indent + _unit_for(indent, cursor.unit) if _ends_with_opener(line, rules.block_openers) else ""
+    return ""
+
+
+def _unit_for(indent: str, unit: str) -> str:
+    return "\t" if "\t" in indent else unit
+
+
+def _indent_of(line: str) -> str:
+    return line[: len(line) - len(line.lstrip(" \t"))]
+
+
+def _width(indent: str) -> int:
+    return len(indent.expandtabs(4))

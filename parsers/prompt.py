@@ -1,0 +1,187 @@
+"""Prompt building: a pure function of (snapshot, cursor offset, template, tokenizer, budget) to a Prompt value.
+
+Owns how the token budget is split between context, prefix and suffix and where they are cut (line boundaries).
+Must never copy or scan the whole document (20 MB files exist) and never call the tokenizer per line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from .document import DocumentSnapshot
+
+# Source code runs 2.5-4 characters per token for code-trained BPE tokenizers; the first guess only needs
+# to be close, because every guess is checked with an exact count and corrected from the observed ratio.
+_FIRST_CHARS_PER_TOKEN = 3.5
+# Whitespace-heavy text can compress far better than that; the cap keeps a window (and the tokenizer call on
+# it) bounded however well the text compresses.
+_MAX_CHARS_PER_TOKEN = 32
+# Exact tokenizer calls per window; each call refines the chars-per-token estimate.
+_MAX_COUNTS = 5
+
+
+class PromptTemplate(Protocol):
+    uses_suffix: bool  # False for prefix-only models
+
+    def render(self, prefix: str, suffix: str, context: str) -> str: ...
+
+
+@dataclass(frozen=True)
+class Prompt:
+    text: str  # rendered by the template
+    prefix: str  # document text that went in before the cursor
+    suffix: str  # document text that went in after the cursor
+    context: str  # extra context block placed first (may be "")
+    prefix_truncated: bool
+    suffix_truncated: bool
+
+
+def build_prompt(
+    snapshot: DocumentSnapshot,
+    offset: int,
+    template: PromptTemplate,
+    count_tokens: Callable[[str], int],
+    budget: int = 1500,
+    suffix_share: float = 0.25,
+    context: str = "",
+) -> Prompt:
+    text = snapshot.text
+    offset = max(0, min(offset, len(text)))
+    budget = max(budget, 0)
+    ratio = _FIRST_CHARS_PER_TOKEN
+
+    # 1. Context comes first, but may not crowd out the code around the cursor: at most half the budget,
+    #    trimmed from its top (its last lines are the scope headers nearest the cursor).
+    context_tokens = 0
+    if context:
+        start, context_tokens, ratio = _fit_before(context, len(context), budget // 2, count_tokens, ratio)
+        context = context[start:]
+
+    available = budget - context_tokens
+
+    # 2. The suffix gets its share; whatever it does not use goes back to the prefix.
+    suffix, suffix_tokens, suffix_truncated = "", 0, False
+    if template.uses_suffix:
+        end, suffix_tokens, ratio = _fit_after(text, offset, int(available * suffix_share), count_tokens, ratio)
+        suffix, suffix_truncated = text[offset:end], end < len(text)
+
+    # 3. The prefix: whole lines above the cursor, plus the cursor's own line up to the cursor.
+    start, _, ratio = _fit_before(text, offset, available - suffix_tokens, count_tokens, ratio)
+    prefix = text[start:offset]
+
+    return Prompt(
+        text=template.render(prefix, suffix, context),
+        prefix=prefix,
+        suffix=suffix,
+        context=context,
+        prefix_truncated=start > 0,
+        suffix_truncated=suffix_truncated,
+    )
+
+
+def _line_start(text: str, offset: int) -> int:
+    return max(text.rfind("\n", 0, offset), text.rfind("\r", 0, offset)) + 1
+
+
+def _fit_before(
+    text: str, offset: int, budget: int, count: Callable[[str], int], ratio: float
+) -> tuple[int, int, float]:
+    """Smallest start (a line start) with count(text[start:offset]) <= budget; returns (start, tokens, ratio).
+
+    The cursor's own line, from its start to the offset, is always kept whole, even over budget, unless it is
+    so long (minified code) that no tokenizer could fit it: then it is cut by characters, to stay bounded.
+    """
+    cap = max(budget, 1) * _MAX_CHARS_PER_TOKEN
+    line_start = _line_start(text, offset)
+    whole_cursor_line = offset - line_start <= cap
+
+    def snap(size: int) -> int:
+        # Window size in chars -> the size of the largest whole-line window that is not larger.
+        start = offset - min(size, offset, cap)
+        if not whole_cursor_line:
+            return offset - start
+        if start >= line_start:
+            return offset - line_start
+        if start > 0:
+            newline = text.find("\n", start - 1, line_start)
+            start = newline + 1 if newline != -1 else line_start
+        return offset - start
+
+    def window(size: int) -> str:
+        return text[offset - size : offset]
+
+    size, tokens, ratio = _fit(snap, window, min(offset, cap), budget, count, ratio)
+    if tokens > budget and not whole_cursor_line:
+        size = _char_cut(window, size, budget, count, ratio)
+        tokens = count(window(size)) if size else 0
+    return offset - size, tokens, ratio
+
+
+def _fit_after(
+    text: str, offset: int, budget: int, count: Callable[[str], int], ratio: float
+) -> tuple[int, int, float]:
+    """Largest end (just after a line break, or the end of text) with count(text[offset:end]) <= budget."""
+    cap = max(budget, 1) * _MAX_CHARS_PER_TOKEN
+    max_size = min(len(text) - offset, cap)
+
+    def snap(size: int) -> int:
+        end = offset + min(size, max_size)
+        if end >= len(text):
+            return len(text) - offset
+        newline = max(text.rfind("\n", offset, end), text.rfind("\r", offset, end))
+        if newline != -1 and text.startswith("\r\n", newline):
+            newline += 1  # never split a \r\n: take its \n too, one char past the guess
+        return newline + 1 - offset if newline != -1 else 0
+
+    size, tokens, ratio = _fit(snap, lambda size: text[offset : offset + size], max_size, budget, count, ratio)
+    return offset + size, tokens, ratio
+
+
+def _fit(
+    snap: Callable[[int], int],
+    window: Callable[[int], str],
+    max_size: int,
+    budget: int,
+    count: Callable[[str], int],
+    ratio: float,
+) -> tuple[int, int, float]:
+    """Largest snapped window size whose token count fits the budget, with a handful of exact counts.
+
+    Each guess is sized from the chars-per-token ratio observed on the previous exact count; guesses are kept
+    strictly between the best size known to fit and the smallest known not to, so the search ends.
+    """
+    fits, fits_tokens, over = -1, 0, max_size + 1
+    target = budget * ratio * 0.97
+    for _ in range(_MAX_COUNTS):
+        size = snap(int(target))
+        if size <= fits or size >= over:
+            break
+        tokens = count(window(size)) if size else 0
+        if size and tokens:
+            ratio = min(size / tokens, _MAX_CHARS_PER_TOKEN)
+        if tokens <= budget:
+            fits, fits_tokens = size, tokens
+            if size >= max_size or tokens >= budget * 0.9:
+                break
+            target = size + (budget - tokens) * ratio * 0.95
+        else:
+            over = size
+            target = size * budget / tokens * 0.95
+    if fits < 0:
+        # Nothing fitted: the smallest window (the cursor line for a prefix, nothing for a suffix), even over budget.
+        fits = snap(0)
+        fits_tokens = count(window(fits)) if fits else 0
+    return fits, fits_tokens, ratio
+
+
+def _char_cut(window: Callable[[int], str], size: int, budget: int, count: Callable[[str], int], ratio: float) -> int:
+    # Only for a cursor line longer than the whole budget: cut inside it, by characters, nearest the cursor.
+    size = min(size, int(budget * ratio * 0.9))
+    for _ in range(3):
+        tokens = count(window(size)) if size else 0
+        if tokens <= budget:
+            return size
+        size = int(size * budget / tokens * 0.9)
+    return size

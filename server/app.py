@@ -1,0 +1,136 @@
+"""The GhostServer: documents, settings, the model host and in-flight requests, in one place.
+
+Holds state that handlers share; handlers live in `handlers/`, one module per LSP method group.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+from lsprotocol import types
+from pygls.lsp.server import LanguageServer
+
+from ghostls import __version__
+from ghostls.parsers.document import Document, PositionEncoding
+
+from .config import Settings
+from .model_host import ModelHost, ModelState, ModelStatus
+
+log = logging.getLogger(__name__)
+
+PROGRESS_TOKEN = "ghostls/model"
+STATUS_NOTIFICATION = "ghostls/status"
+
+
+class GhostServer(LanguageServer):
+    def __init__(self) -> None:
+        super().__init__("ghostls", __version__, text_document_sync_kind=types.TextDocumentSyncKind.Incremental)
+        self.documents: dict[str, Document] = {}
+        self.settings = Settings()
+        # One worker: the KV cache is one buffer, and on a CPU two generations would only share cores.
+        self.engine_worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ghostls-engine")
+        self.models = ModelHost(on_status=self._status_from_thread, on_progress=self._progress_from_thread)
+        # The cancel flag of the newest completion request per document; a newer one sets the older.
+        self.inflight: dict[str, threading.Event] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._progress_open = False
+        self._warned: set[str] = set()
+
+    # -- positions -------------------------------------------------------------------------
+    @property
+    def position_encoding(self) -> PositionEncoding:
+        return PositionEncoding(str(self.workspace.position_encoding or "utf-16"))
+
+    # -- requests --------------------------------------------------------------------------
+    def supersede(self, uri: str) -> threading.Event:
+        """Registers a new request for `uri`, cancelling the one it replaces."""
+        older = self.inflight.get(uri)
+        if older is not None:
+            older.set()
+        flag = threading.Event()
+        self.inflight[uri] = flag
+        return flag
+
+    def release(self, uri: str, flag: threading.Event) -> None:
+        if self.inflight.get(uri) is flag:
+            del self.inflight[uri]
+
+    # -- telling the user ------------------------------------------------------------------
+    def warn_once(self, message: str) -> None:
+        if message in self._warned:
+            return
+        self._warned.add(message)
+        log.warning("%s", message)
+        self.window_show_message(types.ShowMessageParams(types.MessageType.Warning, message))
+
+    def start_model(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        if self._supports_progress():
+            self._progress_open = True
+            self.work_done_progress.create(PROGRESS_TOKEN)
+            self.work_done_progress.begin(PROGRESS_TOKEN, types.WorkDoneProgressBegin(
+                title="ghostls", message="preparing the model", percentage=0, cancellable=False))
+        self.models.start(self.settings)
+
+    def _supports_progress(self) -> bool:
+        window = self.client_capabilities.window
+        return bool(window and window.work_done_progress)
+
+    def _status_from_thread(self, status: ModelStatus) -> None:
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._report_status, status)
+
+    def _progress_from_thread(self, stage: str, fraction: float) -> None:
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._report_progress, stage, fraction)
+
+    def _report_progress(self, stage: str, fraction: float) -> None:
+        if self._progress_open:
+            percentage = max(0, min(100, int(fraction * 100)))
+            self.work_done_progress.report(PROGRESS_TOKEN, types.WorkDoneProgressReport(
+                message=stage, percentage=percentage))
+
+    def _report_status(self, status: ModelStatus) -> None:
+        self.protocol.notify(STATUS_NOTIFICATION, {
+            "state": status.state.value, "detail": status.detail, "model": status.model,
+            "provider": status.provider, "template": status.template})
+        level = types.MessageType.Error if status.state is ModelState.ERROR else types.MessageType.Info
+        self.window_log_message(types.LogMessageParams(level, f"ghostls: {status.state.value}: {status.detail}"))
+        if status.state is ModelState.ERROR:
+            self.window_show_message(types.ShowMessageParams(types.MessageType.Error,
+                                                             f"ghostls: {status.detail}"))
+        if status.state in (ModelState.READY, ModelState.ERROR) and self._progress_open:
+            self._progress_open = False
+            self.work_done_progress.end(PROGRESS_TOKEN, types.WorkDoneProgressEnd(message=status.state.value))
+
+    # -- the editor going away -------------------------------------------------------------
+    def watch_parent(self, pid: int | None) -> None:
+        """Exits when the editor process that started us is gone (it may die without `exit`)."""
+        if not pid or pid == os.getpid():
+            return
+
+        def watch() -> None:
+            import time
+            while True:
+                time.sleep(2)
+                try:
+                    os.kill(pid, 0)
+                except ProcessLookupError:
+                    log.warning("editor process %s is gone; exiting", pid)
+                    os._exit(0)
+                except PermissionError:
+                    pass  # alive, owned by someone else
+
+        threading.Thread(target=watch, name="ghostls-parent-watch", daemon=True).start()
+
+
+def create_server() -> GhostServer:
+    from .handlers import register_all
+
+    server = GhostServer()
+    register_all(server)
+    return server

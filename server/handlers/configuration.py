@@ -1,0 +1,20 @@
+"""workspace/didChangeConfiguration: new settings apply to the next request; a new model reloads."""
+
+from __future__ import annotations
+
+from lsprotocol import types
+
+from ..config import parse_settings
+
+_MODEL_KEYS = ("model", "precision", "provider")
+
+
+def register(server) -> None:
+    @server.feature(types.WORKSPACE_DID_CHANGE_CONFIGURATION)
+    def did_change_configuration(ls, params: types.DidChangeConfigurationParams) -> None:
+        old = ls.settings
+        ls.settings, warnings = parse_settings(params.settings, old)
+        for warning in warnings:
+            ls.warn_once(warning)
+        if any(getattr(old, key) != getattr(ls.settings, key) for key in _MODEL_KEYS):
+            ls.start_model()

@@ -1,0 +1,19 @@
+"""ghostls/explain: why the last completion was what it was (stages, tokens, reason), without source code."""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+def register(server) -> None:
+    @server.feature("ghostls/explain")
+    def explain(ls, params=None) -> dict:
+        status = ls.models.status
+        result = getattr(ls, "last_result", None)
+        last = None
+        if result is not None:
+            last = {k: v for k, v in dataclasses.asdict(result).items() if k != "text"}
+            last["chars"] = len(result.text)
+        return {"model": {"state": status.state.value, "detail": status.detail, "model": status.model,
+                          "provider": status.provider, "template": status.template},
+                "last": last}

@@ -1,0 +1,26 @@
+"""initialize / initialized / shutdown: read the client's options, then start the model in the background."""
+
+from __future__ import annotations
+
+from lsprotocol import types
+
+from ..config import parse_settings
+
+
+def register(server) -> None:
+    @server.feature(types.INITIALIZE)
+    def initialize(ls, params: types.InitializeParams) -> None:
+        ls.settings, warnings = parse_settings(params.initialization_options, ls.settings)
+        ls.pending_warnings = warnings
+        ls.watch_parent(params.process_id)
+
+    @server.feature(types.INITIALIZED)
+    def initialized(ls, params: types.InitializedParams) -> None:
+        for warning in getattr(ls, "pending_warnings", []):
+            ls.warn_once(warning)
+        ls.start_model()
+
+    @server.feature(types.SHUTDOWN)
+    def shutdown(ls, params) -> None:
+        for flag in list(ls.inflight.values()):
+            flag.set()

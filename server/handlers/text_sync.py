@@ -1,0 +1,51 @@
+"""didOpen / didChange / didClose: keep every open document's text and tree current.
+
+Runs on the event loop (it mutates state). An invalid change is reported and dropped; the document
+keeps its last good text, and the server keeps serving.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from lsprotocol import types
+
+from ghostls.parsers.document import Document, PositionError
+
+log = logging.getLogger(__name__)
+
+
+def register(server) -> None:
+    @server.feature(types.TEXT_DOCUMENT_DID_OPEN)
+    def did_open(ls, params: types.DidOpenTextDocumentParams) -> None:
+        doc = params.text_document
+        ls.documents[doc.uri] = Document(doc.uri, doc.language_id, doc.version, doc.text)
+
+    @server.feature(types.TEXT_DOCUMENT_DID_CHANGE)
+    def did_change(ls, params: types.DidChangeTextDocumentParams) -> None:
+        uri = params.text_document.uri
+        document = ls.documents.get(uri)
+        if document is None:
+            ls.warn_once(f"ghostls: change for a document that was never opened: {uri}")
+            return
+        # A newer version makes any completion still running for this document stale.
+        if (flag := ls.inflight.get(uri)) is not None:
+            flag.set()
+        for change in params.content_changes:
+            span = None
+            if isinstance(change, types.TextDocumentContentChangePartial):
+                span = ((change.range.start.line, change.range.start.character),
+                        (change.range.end.line, change.range.end.character))
+            try:
+                document.apply_change(change.text, span, params.text_document.version, ls.position_encoding)
+            except PositionError as exc:
+                log.warning("dropped an invalid change to %s (version %s): %s", uri,
+                            params.text_document.version, exc)
+                ls.warn_once(f"ghostls: ignored an invalid edit ({exc}); re-open the file if ghost text looks wrong")
+                return
+
+    @server.feature(types.TEXT_DOCUMENT_DID_CLOSE)
+    def did_close(ls, params: types.DidCloseTextDocumentParams) -> None:
+        ls.documents.pop(params.text_document.uri, None)
+        if (flag := ls.inflight.pop(params.text_document.uri, None)) is not None:
+            flag.set()

@@ -1,0 +1,129 @@
+"""Finds, converts and loads the model in the background, and says what state it is in.
+
+Conversion runs in a subprocess (the server never imports torch); loading runs on a thread. Neither
+ever blocks the event loop: requests that arrive meanwhile wait a bounded time, then get nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from ghostls.inference.cache import ModelError, read_manifest
+from ghostls.inference.engine import Engine
+from ghostls.inference.fim import FimTemplate, detect_template, template_by_name
+
+from .config import Settings
+
+log = logging.getLogger(__name__)
+
+
+class ModelState(str, enum.Enum):
+    STARTING = "starting"
+    CONVERTING = "converting"
+    LOADING = "loading"
+    READY = "ready"
+    ERROR = "error"
+
+
+@dataclass(frozen=True)
+class ModelStatus:
+    state: ModelState
+    detail: str = ""
+    model: str = ""
+    provider: str = ""
+    template: str = ""
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    engine: Engine
+    template: FimTemplate
+
+
+def resolve_model_dir(settings: Settings, progress: Callable[[str, float], None]) -> Path:
+    """Returns a converted model folder for the settings, converting on first use."""
+    from ghostls.inference import convert, embedded
+
+    if settings.model is None:
+        return embedded.ensure_embedded_model(progress=progress, in_subprocess=True)
+    source = Path(settings.model).expanduser()
+    if not source.exists():
+        raise ModelError(f"model path {source} does not exist")
+    if source.is_dir() and (source / "genai_config.json").is_file():
+        return source  # already an ONNX model folder
+    return convert.convert_in_subprocess(source, settings.precision, progress)
+
+
+class ModelHost:
+    """Owns the one loaded model. `on_status` and `on_progress` are called from a worker thread."""
+
+    def __init__(self, on_status: Callable[[ModelStatus], None],
+                 on_progress: Callable[[str, float], None]):
+        self._on_status = on_status
+        self._on_progress = on_progress
+        self._loaded: LoadedModel | None = None
+        self.status = ModelStatus(ModelState.STARTING)
+        self._ready = threading.Event()  # set once loading ended, in success or failure
+        self._thread: threading.Thread | None = None
+
+    @property
+    def loaded(self) -> LoadedModel | None:
+        return self._loaded
+
+    def start(self, settings: Settings) -> None:
+        """Starts (or restarts, after a model change) loading in the background."""
+        self._ready.clear()
+        self._loaded = None
+        self._thread = threading.Thread(target=self._load, args=(settings,), name="ghostls-model",
+                                        daemon=True)
+        self._thread.start()
+
+    async def wait(self, timeout_s: float) -> LoadedModel | None:
+        """The loaded model, waiting up to `timeout_s` for one that is still loading."""
+        if self._loaded is None and not self._ready.is_set() and timeout_s > 0:
+            await asyncio.get_running_loop().run_in_executor(None, self._ready.wait, timeout_s)
+        return self._loaded
+
+    def _set(self, status: ModelStatus) -> None:
+        self.status = status
+        try:
+            self._on_status(status)
+        except Exception:  # noqa: BLE001 - a reporting failure must not stop the load
+            log.exception("status callback failed")
+
+    def _load(self, settings: Settings) -> None:
+        try:
+            self._set(ModelStatus(ModelState.CONVERTING, "preparing the model"))
+            model_dir = resolve_model_dir(settings, self._on_progress)
+            self._set(ModelStatus(ModelState.LOADING, f"loading {model_dir.name}", model_dir.name))
+            engine = Engine(model_dir, provider=settings.provider)
+            template = _template_for(settings, model_dir, engine)
+            self._loaded = LoadedModel(engine, template)
+            self._set(ModelStatus(ModelState.READY, f"{model_dir.name} ready in {engine.load_s:.2f}s",
+                                  model_dir.name, engine.provider.name, template.family))
+            log.info("execution provider: %s (%s)", engine.provider.name, engine.provider.reason)
+        except ModelError as exc:
+            self._set(ModelStatus(ModelState.ERROR, str(exc)))
+        except Exception as exc:  # noqa: BLE001 - any failure leaves a serving (empty) server
+            log.exception("model load failed")
+            self._set(ModelStatus(ModelState.ERROR, f"model load failed: {exc}"))
+        finally:
+            self._ready.set()
+
+
+def _template_for(settings: Settings, model_dir: Path, engine: Engine) -> FimTemplate:
+    if settings.fim_template != "auto":
+        return template_by_name(settings.fim_template)
+    try:
+        family = read_manifest(model_dir).fim_family
+        if family:
+            return template_by_name(family)
+    except (ModelError, ValueError):
+        pass  # a model folder converted elsewhere: detect from the tokenizer instead
+    return detect_template(engine.vocabulary())

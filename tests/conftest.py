@@ -1,0 +1,62 @@
+"""Shared fixtures: tiny random checkpoints per FIM family, their real conversions, and the embedded model."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tiny_models import FAMILIES, build_tiny_checkpoint
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_cache_root() -> Path:
+    """Where the embedded model is converted for tests: kept across runs so CI converts it once."""
+    return Path(os.environ.get("GHOSTLS_CACHE_DIR") or REPO_ROOT / ".cache" / "ghostls")
+
+
+test_cache_root.__test__ = False  # a helper, not a test
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("checkpoints")
+    return {family: build_tiny_checkpoint(root / family, family) for family in FAMILIES}
+
+
+@pytest.fixture(scope="session")
+def tiny_models_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_checkpoints: dict[str, Path], tiny_models_root: Path) -> Callable[[str], Path]:
+    """`tiny_model(family)`: that family's tiny checkpoint converted with the real converter (int8, cpu), once
+    per session and only when a test asks for it (about 10 s each, mostly the builder's imports)."""
+    from ghostls.inference.convert import convert
+
+    converted: dict[str, Path] = {}
+
+    def get(family: str) -> Path:
+        if family not in converted:
+            converted[family] = convert(tiny_checkpoints[family], out_root=tiny_models_root)
+        return converted[family]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def embedded_model_dir() -> Path:
+    """The embedded SmolLM2 model converted to int8 ONNX (about a minute the first time, then cached)."""
+    from ghostls.inference.cache import ModelError
+    from ghostls.inference.embedded import ensure_embedded_model
+
+    try:
+        return ensure_embedded_model(out_root=test_cache_root() / "models")
+    except ModelError as e:
+        if "not installed" in str(e):
+            pytest.skip(str(e))
+        raise

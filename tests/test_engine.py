@@ -1,0 +1,120 @@
+"""The decode loop on a real ONNX Runtime GenAI session (a tiny converted model)."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from ghostls.inference.cache import ModelError
+from ghostls.inference.engine import Engine, GenerationRequest, common_prefix_length
+from ghostls.inference.provider import choose_provider
+
+SOURCE = "def add(a, b):\n    return a + b\n\n\ndef multiply(a, b):\n    return a * b\n\n\ndef main():\n"
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model):
+    return Engine(tiny_model("starcoder"), provider="cpu")
+
+
+def test_common_prefix_length():
+    assert common_prefix_length([1, 2, 3], [1, 2, 4]) == 2
+    assert common_prefix_length([], [1]) == 0
+    assert common_prefix_length([5, 6], [5, 6, 7]) == 2
+
+
+def test_greedy_generation_is_deterministic_and_reuses_the_cache(engine):
+    ids = tuple(engine.encode(SOURCE))
+    request = GenerationRequest(ids, max_new_tokens=8)
+    engine.reset()
+    cold = engine.generate(request)
+    warm = engine.generate(request)
+    assert len(cold.token_ids) > 0
+    assert warm.token_ids == cold.token_ids
+    assert cold.reused_tokens == 0
+    assert warm.reused_tokens == len(ids) - 1  # everything but the token that yields the logits
+
+
+def test_prefix_reuse_gives_the_same_tokens_as_a_cold_start(engine):
+    first = tuple(engine.encode(SOURCE))
+    grown = tuple(engine.encode(SOURCE + "    result = add(1, 2)\n"))
+    engine.reset()
+    engine.generate(GenerationRequest(first, max_new_tokens=6))
+    reused = engine.generate(GenerationRequest(grown, max_new_tokens=6))
+    engine.reset()
+    cold = engine.generate(GenerationRequest(grown, max_new_tokens=6))
+    assert reused.reused_tokens >= common_prefix_length(first, grown) - 1
+    assert reused.reused_tokens > 0
+    assert reused.token_ids == cold.token_ids
+
+
+def test_cancellation_stops_within_one_token(engine):
+    ids = tuple(engine.encode(SOURCE))
+    calls = {"n": 0}
+
+    def cancelled() -> bool:
+        calls["n"] += 1
+        return len(generated) >= 2
+
+    generated: list[str] = []
+
+    def track(text: str) -> bool:
+        generated.append(text)
+        return False
+
+    result = engine.generate(GenerationRequest(ids, max_new_tokens=50), is_complete=track, cancelled=cancelled)
+    assert result.stop_reason == "cancelled"
+    assert len(result.token_ids) == 2
+
+
+def test_cancelled_before_start_generates_nothing(engine):
+    result = engine.generate(GenerationRequest(tuple(engine.encode(SOURCE)), max_new_tokens=50),
+                             cancelled=lambda: True)
+    assert result.stop_reason == "cancelled"
+    assert result.token_ids == ()
+
+
+def test_time_budget_and_max_tokens(engine):
+    ids = tuple(engine.encode(SOURCE))
+    out_of_time = engine.generate(GenerationRequest(ids, max_new_tokens=50, time_budget_s=0.0))
+    assert out_of_time.stop_reason == "time_budget"
+    limited = engine.generate(GenerationRequest(ids, max_new_tokens=3))
+    assert len(limited.token_ids) <= 3
+    assert limited.stop_reason in ("max_tokens", "eos")
+
+
+def test_stop_strings_and_completion_check_cut_the_text(engine):
+    ids = tuple(engine.encode(SOURCE))
+    free = engine.generate(GenerationRequest(ids, max_new_tokens=10))
+    if len(free.text) < 2:
+        pytest.skip("the tiny model produced too little text to cut")
+    stop = free.text[1]
+    cut = engine.generate(GenerationRequest(ids, max_new_tokens=10, stop_strings=(stop,)))
+    assert cut.stop_reason == "stop_string"
+    assert stop not in cut.text
+    complete = engine.generate(GenerationRequest(ids, max_new_tokens=10), is_complete=lambda text: True)
+    assert complete.stop_reason == "complete"
+    assert len(complete.token_ids) == 1
+
+
+def test_provider_falls_back_to_cpu_with_a_reason():
+    choice = choose_provider("auto")
+    assert choice.name in ("cpu", "cuda")
+    assert choice.reason
+    assert choose_provider("cpu").name == "cpu"
+    with pytest.raises(ValueError):
+        choose_provider("tpu")
+
+
+def test_corrupt_model_is_a_clear_model_error(tiny_model, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_model("starcoder"), broken)
+    (broken / "model.onnx").write_bytes(b"this is not an onnx model")
+    with pytest.raises(ModelError):
+        Engine(broken, provider="cpu")
+
+
+def test_missing_model_folder_is_a_clear_model_error(tmp_path):
+    with pytest.raises(ModelError):
+        Engine(tmp_path / "nothing-here", provider="cpu")

@@ -1,0 +1,145 @@
+"""Prompt building as a pure function: budget split, line-boundary cuts, prefix-only templates, huge files."""
+
+import time
+from dataclasses import dataclass
+
+from ghostls.parsers.document import DocumentSnapshot
+from ghostls.parsers.languages import rules_for
+from ghostls.parsers.prompt import Prompt, build_prompt
+
+
+@dataclass(frozen=True)
+class Fim:
+    uses_suffix: bool = True
+
+    def render(self, prefix: str, suffix: str, context: str) -> str:
+        if not self.uses_suffix:
+            return context + prefix
+        return f"<PRE>{context}{prefix}<SUF>{suffix}<MID>"
+
+
+class Counter:
+    """A stand-in tokenizer: one token per 4 utf-8 bytes, counting its own calls."""
+
+    def __init__(self):
+        self.calls = 0
+        self.chars = 0
+
+    def __call__(self, text: str) -> int:
+        self.calls += 1
+        self.chars += len(text)
+        return (len(text.encode("utf-8")) + 3) // 4
+
+
+def snap(text: str, language: str = "python") -> DocumentSnapshot:
+    return DocumentSnapshot("file:///t", rules_for(language), 1, text)
+
+
+def at_cursor(marked: str) -> tuple[DocumentSnapshot, int]:
+    offset = marked.index("|")
+    return snap(marked[:offset] + marked[offset + 1 :]), offset
+
+
+def numbered(n: int) -> str:
+    return "".join(f"line {i:04d}\n" for i in range(n))  # 10 chars, 3 tokens per line
+
+
+def test_small_document_goes_in_whole():
+    doc, offset = at_cursor("def add(a, b):\n    return a +| b\n")
+    prompt = build_prompt(doc, offset, Fim(), Counter())
+    assert prompt == Prompt(
+        text="<PRE>def add(a, b):\n    return a +<SUF> b\n<MID>",
+        prefix="def add(a, b):\n    return a +",
+        suffix=" b\n",
+        context="",
+        prefix_truncated=False,
+        suffix_truncated=False,
+    )
+
+
+def test_budget_split_and_line_boundaries():
+    text = numbered(400)
+    offset = text.index("line 0200") + 5
+    count = Counter()
+    prompt = build_prompt(snap(text), offset, Fim(), count, budget=100, suffix_share=0.25)
+    assert prompt.prefix_truncated and prompt.suffix_truncated
+    assert prompt.prefix.endswith("\nline ") and prompt.prefix.startswith("line ")  # cut at a line start
+    assert prompt.suffix.startswith("0200\n") and prompt.suffix.endswith("\n")  # cut after a line break
+    suffix_tokens, prefix_tokens = Counter()(prompt.suffix), Counter()(prompt.prefix)
+    assert suffix_tokens <= 25 and prefix_tokens + suffix_tokens <= 100
+    assert prefix_tokens >= 60  # the budget is used, not wasted
+    assert count.calls <= 12
+
+
+def test_unused_suffix_budget_goes_to_prefix():
+    text = numbered(400)
+    offset = len(text) - 3
+    prompt = build_prompt(snap(text), offset, Fim(), Counter(), budget=100, suffix_share=0.5)
+    assert prompt.suffix == "99\n" and not prompt.suffix_truncated
+    assert Counter()(prompt.prefix) > 80
+
+
+def test_prefix_only_template_spends_everything_on_prefix():
+    text = numbered(400)
+    offset = text.index("line 0300")
+    prompt = build_prompt(snap(text), offset, Fim(uses_suffix=False), Counter(), budget=100)
+    assert prompt.suffix == "" and not prompt.suffix_truncated
+    assert prompt.text == prompt.prefix and prompt.prefix.endswith("line 0299\n")
+    assert 85 <= Counter()(prompt.prefix) <= 100
+
+
+def test_cursor_line_is_kept_whole_even_at_tiny_budget():
+    doc, offset = at_cursor("x = 1\nresult = compute(alpha, beta)|\n")
+    prompt = build_prompt(doc, offset, Fim(), Counter(), budget=6)
+    assert prompt.prefix == "result = compute(alpha, beta)"
+    assert prompt.prefix_truncated
+
+
+def test_context_is_first_counted_and_trimmed_from_its_top():
+    text = numbered(400)
+    offset = text.index("line 0200")
+    context = "import os\n" + "".join(f"class Scope{i}:\n" for i in range(40))
+    prompt = build_prompt(snap(text), offset, Fim(), Counter(), budget=100, context=context)
+    assert prompt.text.startswith("<PRE>" + prompt.context)
+    assert prompt.context.endswith("class Scope39:\n") and not prompt.context.startswith("import")
+    assert Counter()(prompt.context) <= 50
+    total = sum(Counter()(part) for part in (prompt.context, prompt.prefix, prompt.suffix))
+    assert total <= 100
+
+
+def test_twenty_megabyte_document_is_fast_and_bounded():
+    text = "line 0001\n" * 2_000_000  # 20 MB
+    offset = len(text) // 2 + 3
+    count = Counter()
+    started = time.perf_counter()
+    prompt = build_prompt(snap_fast(text), offset, Fim(), count, budget=1500)
+    elapsed = time.perf_counter() - started
+    assert elapsed < 0.05  # a few ms in practice; generous for slow CI
+    assert count.calls <= 12 and count.chars < 100_000
+    assert len(prompt.text) < 10_000 and prompt.prefix_truncated and prompt.suffix_truncated
+
+
+def test_minified_single_line_is_cut_by_characters():
+    text = "var a=1;" * 1_000_000  # one 8 MB line
+    prompt = build_prompt(snap_fast(text), len(text) // 2, Fim(), Counter(), budget=200)
+    assert 0 < Counter()(prompt.prefix) <= 200 and prompt.suffix == ""
+
+
+def test_unicode_lines_cut_whole():
+    text = "".join(f"s{i} = '😀漢字'\n" for i in range(300))
+    offset = text.index("s150 ")
+    prompt = build_prompt(snap(text), offset, Fim(), Counter(), budget=120)
+    assert prompt.prefix.startswith("s") and prompt.prefix.endswith("'😀漢字'\n")
+    assert prompt.suffix.startswith("s150 = '😀漢字'\n") and prompt.suffix.endswith("\n")
+    assert Counter()(prompt.prefix) + Counter()(prompt.suffix) <= 120
+
+
+def test_crlf_suffix_is_not_split():
+    text = "a = 1\r\n" * 100
+    prompt = build_prompt(snap(text), 350, Fim(), Counter(), budget=40)
+    assert prompt.suffix.endswith("\r\n")
+
+
+def snap_fast(text: str) -> DocumentSnapshot:
+    # A plain-text snapshot with a trivial line index: the prompt builder must not need a full one.
+    return DocumentSnapshot("file:///big", rules_for(None), 1, text, None, [0])

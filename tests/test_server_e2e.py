@@ -1,0 +1,201 @@
+"""End to end: the real `ghostls serve --stdio` process, driven by a real LSP client (pytest-lsp),
+on a tiny converted model. Every test ends with a clean shutdown; the harness fails otherwise."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+import pytest
+import pytest_lsp
+from lsprotocol import types
+from pygls.exceptions import JsonRpcException
+from pytest_lsp import ClientServerConfig, LanguageClient, client_capabilities
+
+SERVER = [sys.executable, "-m", "ghostls.cli.main", "serve", "--stdio", "--log-level", "debug"]
+
+PY_SOURCE = '''import os
+
+
+def read_config(path):
+    """Read a config file."""
+    with open(path) as handle:
+        return handle.read()
+
+
+def main():
+    
+'''
+
+
+def _options(model_dir, **extra) -> dict:
+    return {"model": str(model_dir), "loadWaitMs": 120_000, "debounceMs": 0, "maxNewTokens": 12,
+            "timeBudgetMs": 20_000, **extra}
+
+
+@pytest_lsp.fixture(config=ClientServerConfig(server_command=SERVER))
+async def client(lsp_client: LanguageClient, tiny_model):
+    params = types.InitializeParams(capabilities=client_capabilities("visual-studio-code"),
+                                    initialization_options=_options(tiny_model("qwen")))
+    lsp_client.initialize_result = await lsp_client.initialize_session(params)
+    yield
+    await lsp_client.shutdown_session()
+
+
+def _open(client: LanguageClient, uri: str, text: str, language: str = "python", version: int = 1) -> None:
+    client.text_document_did_open(types.DidOpenTextDocumentParams(
+        types.TextDocumentItem(uri=uri, language_id=language, version=version, text=text)))
+
+
+async def _inline(client: LanguageClient, uri: str, line: int, character: int, invoked: bool = True):
+    kind = types.InlineCompletionTriggerKind.Invoked if invoked else types.InlineCompletionTriggerKind.Automatic
+    return await client.text_document_inline_completion_async(types.InlineCompletionParams(
+        context=types.InlineCompletionContext(trigger_kind=kind),
+        text_document=types.TextDocumentIdentifier(uri), position=types.Position(line, character)))
+
+
+async def _explain(client: LanguageClient):
+    return await client.protocol.send_request_async("ghostls/explain", None)
+
+
+async def test_advertises_inline_completion_and_fallback(client: LanguageClient):
+    caps = client.initialize_result.capabilities
+    assert caps.inline_completion_provider is not None
+    assert caps.completion_provider is not None
+    assert caps.text_document_sync.change == types.TextDocumentSyncKind.Incremental
+    assert caps.position_encoding == types.PositionEncodingKind.Utf16  # VS Code offers only utf-16
+
+
+async def test_inline_completion_runs_the_model(client: LanguageClient):
+    uri = "file:///work/demo.py"
+    _open(client, uri, PY_SOURCE)
+    result = await _inline(client, uri, 10, 4)
+    assert isinstance(result, types.InlineCompletionList)
+    explained = await _explain(client)
+    assert explained.model.state == "ready"
+    assert explained.model.template == "qwen"
+    assert explained.model.provider == "cpu"
+    assert explained.last.prompt_tokens > 20  # the real prompt went through the real tokenizer
+    assert explained.last.timings_ms.prefill > 0
+    for item in result.items:
+        assert item.range.start == types.Position(10, 4)
+
+
+async def test_incremental_edits_reuse_the_kv_cache(client: LanguageClient):
+    uri = "file:///work/reuse.py"
+    _open(client, uri, PY_SOURCE)
+    await _inline(client, uri, 10, 4)
+    # Type one character at the cursor, as an editor sends it: an incremental change.
+    client.text_document_did_change(types.DidChangeTextDocumentParams(
+        text_document=types.VersionedTextDocumentIdentifier(uri=uri, version=2),
+        content_changes=[types.TextDocumentContentChangePartial(
+            range=types.Range(types.Position(10, 4), types.Position(10, 4)), text="r")]))
+    await _inline(client, uri, 10, 5)
+    explained = await _explain(client)
+    assert explained.last.reused_tokens > 0.5 * explained.last.prompt_tokens
+
+
+async def test_position_outside_the_document_is_invalid_params_and_server_survives(client: LanguageClient):
+    uri = "file:///work/small.py"
+    _open(client, uri, "x = 1\n")
+    with pytest.raises(JsonRpcException) as error:
+        await _inline(client, uri, 500, 0)
+    assert error.value.code == -32602
+    assert "outside" in str(error.value)
+    result = await _inline(client, uri, 1, 0)
+    assert isinstance(result, types.InlineCompletionList)
+
+
+async def test_request_for_unopened_document_is_a_clear_error(client: LanguageClient):
+    with pytest.raises(JsonRpcException) as error:
+        await _inline(client, "file:///never/opened.py", 0, 0)
+    assert error.value.code == -32602
+    assert "not open" in str(error.value)
+
+
+async def test_unknown_language_is_plain_text(client: LanguageClient):
+    uri = "file:///work/notes.zzz"
+    _open(client, uri, "Dear diary,\ntoday I ", language="klingon")
+    result = await _inline(client, uri, 1, 8)
+    assert isinstance(result, types.InlineCompletionList)
+    explained = await _explain(client)
+    assert explained.last.prompt_tokens > 0
+
+
+async def test_completion_fallback_returns_a_list(client: LanguageClient):
+    uri = "file:///work/fallback.py"
+    _open(client, uri, PY_SOURCE)
+    result = await client.text_document_completion_async(types.CompletionParams(
+        text_document=types.TextDocumentIdentifier(uri), position=types.Position(10, 4)))
+    assert isinstance(result, types.CompletionList)
+    assert result.is_incomplete
+    for item in result.items:
+        assert item.text_edit.range.start == types.Position(10, 4)
+
+
+async def test_cancel_request_gets_request_cancelled(client: LanguageClient):
+    uri = "file:///work/cancel.py"
+    _open(client, uri, PY_SOURCE * 20)
+    client.workspace_did_change_configuration(types.DidChangeConfigurationParams(
+        settings={"ghostls": {"maxNewTokens": 1000, "maxLines": 200}}))
+    task = asyncio.ensure_future(_inline(client, uri, 210, 4))
+    await asyncio.sleep(0.05)
+    task.cancel()  # pygls's client sends $/cancelRequest
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    # The server is still serving, and answers the next request.
+    result = await _inline(client, uri, 0, 0)
+    assert isinstance(result, types.InlineCompletionList)
+
+
+async def test_newer_request_supersedes_older_one(client: LanguageClient):
+    uri = "file:///work/supersede.py"
+    _open(client, uri, PY_SOURCE * 10)
+    first = asyncio.ensure_future(_inline(client, uri, 110, 4))
+    await asyncio.sleep(0.01)
+    second = await _inline(client, uri, 110, 4)
+    older = await first
+    assert isinstance(second, types.InlineCompletionList)
+    assert older.items == []  # superseded: it stops early and says nothing
+
+
+async def test_invalid_settings_fall_back_with_one_warning(client: LanguageClient):
+    client.workspace_did_change_configuration(types.DidChangeConfigurationParams(
+        settings={"ghostls": {"maxLines": "many", "nonsense": 1}}))
+    await asyncio.sleep(0.3)
+    texts = [m.message for m in client.messages]
+    assert any("maxLines" in t for t in texts)
+    assert any("nonsense" in t for t in texts)
+
+
+async def test_model_progress_is_reported(client: LanguageClient):
+    uri = "file:///work/progress.py"
+    _open(client, uri, "x = 1\n")
+    await _inline(client, uri, 1, 0)  # waits for the model
+    reports = client.progress_reports.get("ghostls/model")
+    assert reports, "no $/progress for the model load"
+    assert isinstance(reports[0], types.WorkDoneProgressBegin)
+    assert isinstance(reports[-1], types.WorkDoneProgressEnd)
+
+
+@pytest_lsp.fixture(config=ClientServerConfig(server_command=SERVER))
+async def broken_client(lsp_client: LanguageClient, tmp_path):
+    missing = tmp_path / "no-such-model"
+    params = types.InitializeParams(capabilities=client_capabilities("neovim"),
+                                    initialization_options=_options(missing))
+    await lsp_client.initialize_session(params)
+    yield
+    await lsp_client.shutdown_session()
+
+
+async def test_missing_model_is_reported_and_server_stays_up(broken_client: LanguageClient):
+    status = await broken_client.wait_for_notification("ghostls/status")
+    while status.state not in ("error", "ready"):
+        status = await broken_client.wait_for_notification("ghostls/status")
+    assert status.state == "error"
+    assert "does not exist" in status.detail
+    uri = "file:///work/a.py"
+    _open(broken_client, uri, "x = 1\n")
+    result = await _inline(broken_client, uri, 1, 0)
+    assert result.items == []
+    assert any("does not exist" in m.message for m in broken_client.messages)
