@@ -95,6 +95,9 @@ class Engine:
         self.context_length = min(int(genai["model"].get("context_length", 2048)), max_context)
         eos = genai["model"].get("eos_token_id", [])
         self.eos_ids = frozenset(eos if isinstance(eos, list) else [eos])
+        # What an empty prompt (the top of an empty file) starts from: the start-of-document token.
+        bos = genai["model"].get("bos_token_id")
+        self.start_ids = [bos] if isinstance(bos, int) else sorted(self.eos_ids)[:1]
         self._lock = threading.Lock()
         self._kv: _KvState | None = None
         log.info("model %s loaded in %.2fs on %s (%s)", self.model_dir.name, self.load_s,
@@ -127,6 +130,7 @@ class Engine:
         # Keep the newest tokens when the prompt exceeds what the cache was sized for.
         room = self.context_length - request.max_new_tokens
         prompt = list(request.prompt_ids[-room:]) if room > 0 else list(request.prompt_ids[-1:])
+        prompt = prompt or list(self.start_ids)
 
         # Step 1: reuse the KV cache of the longest common prefix with what the cache holds.
         kv, reused = self._reusable_state(prompt, request.max_new_tokens)

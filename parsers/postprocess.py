@@ -75,11 +75,14 @@ def decide_mode(snapshot: DocumentSnapshot, offset: int) -> CompletionMode:
     if place == "arguments":
         return CompletionMode(False, "inside argument list", indent)
     if not cursor.before.strip():
-        return CompletionMode(True, "empty line in block", cursor.before or _indent_from_above(snapshot, offset, rules, cursor))
+        indent = cursor.before or _indent_from_above(snapshot, offset, rules, cursor)
+        return CompletionMode(True, "empty line in block", indent)
     return CompletionMode(False, "end of line", indent)
 
 
-def stop_check(snapshot: DocumentSnapshot, offset: int, mode: CompletionMode, max_lines: int = MAX_LINES) -> Callable[[str], bool]:
+def stop_check(
+    snapshot: DocumentSnapshot, offset: int, mode: CompletionMode, max_lines: int = MAX_LINES
+) -> Callable[[str], bool]:
     """A predicate over the text generated so far: True once the completion is complete and decoding can stop."""
     cursor = _cursor(snapshot, offset)
 
@@ -89,7 +92,9 @@ def stop_check(snapshot: DocumentSnapshot, offset: int, mode: CompletionMode, ma
     return complete
 
 
-def finalize(snapshot: DocumentSnapshot, offset: int, mode: CompletionMode, generated: str, max_lines: int = MAX_LINES) -> Completion:
+def finalize(
+    snapshot: DocumentSnapshot, offset: int, mode: CompletionMode, generated: str, max_lines: int = MAX_LINES
+) -> Completion:
     """The text to show: cut to the mode, stripped, and without text that is already after the cursor."""
     cursor = _cursor(snapshot, offset)
     text, reason, _ = _cut(cursor, mode, generated, max_lines, final=True)
@@ -122,7 +127,9 @@ def finalize(snapshot: DocumentSnapshot, offset: int, mode: CompletionMode, gene
 # The cut ----------------------------------------------------------------------------------------------------
 
 
-def _cut(cursor: _Cursor, mode: CompletionMode, generated: str, max_lines: int, *, final: bool) -> tuple[str, str, bool]:
+def _cut(
+    cursor: _Cursor, mode: CompletionMode, generated: str, max_lines: int, *, final: bool
+) -> tuple[str, str, bool]:
     """(text, reason, complete): the generated text cut where the completion ends, and whether it ended."""
     text = generated.replace("\r\n", "\n")
     if not cursor.before.strip():
@@ -161,6 +168,17 @@ def _cut(cursor: _Cursor, mode: CompletionMode, generated: str, max_lines: int, 
             ):
                 return "\n".join(lines[:i]), "reached the suffix", True
 
+        # Indentation: a non-empty line shallower than the block is code after the block. A line led by a
+        # closing bracket is the block's own end, which the bracket rule below decides.
+        dedented = i > 0 and bool(line.strip()) and _width(_indent_of(line)) < block_width
+        if dedented and line.lstrip()[0] not in _CLOSERS:
+            word = line.strip().split(None, 1)[0].rstrip(";")
+            if is_last and not final and any(closer.startswith(word) for closer in cursor.closers):
+                break  # "e" may become "end" (kept) or "else" (cut): wait for the whole line
+            if word in cursor.closers and not _keyword_present(cursor, word, _indent_of(line)):
+                return "\n".join(lines[: i + 1]), "closed the block", True
+            return "\n".join(lines[:i]), "dedent", True
+
         # Brackets: a closer that takes the nesting below the cursor's level ends the block we are in.
         quote: str | None = None  # strings rarely span lines in completions; per line keeps a stray quote local
         for j, ch in enumerate(line):
@@ -183,12 +201,9 @@ def _cut(cursor: _Cursor, mode: CompletionMode, generated: str, max_lines: int, 
                     else:
                         kept = lines[:i] + [line[: j + 1]]
                     return "\n".join(kept), "closed the block", True
-
-        # Indentation: a non-empty line shallower than the block is code after the block.
-        if i > 0 and line.strip() and _width(_indent_of(line)) < block_width:
-            word = line.strip().split(None, 1)[0].rstrip(";")
-            if word in cursor.closers and not _keyword_present(cursor, word, _indent_of(line)):
-                return "\n".join(lines[: i + 1]), "closed the block", True
+        if dedented:
+            if is_last and not final:
+                break  # a later bracket on this line may still close the block
             return "\n".join(lines[:i]), "dedent", True
     return "\n".join(lines), "", False
 
@@ -250,7 +265,7 @@ def _keyword_present(cursor: _Cursor, word: str, indent: str) -> bool:
 def _cursor(snapshot: DocumentSnapshot, offset: int) -> _Cursor:
     text = snapshot.text
     offset = max(0, min(offset, len(text)))
-    line_start = max(text.rfind("\n", 0, offset), text.rfind("\r", 0, offset)) + 1
+    line_start = _line_start(text, offset)
     line_end = _find_break(text, offset)
     after = text[line_end : line_end + _SUFFIX_CHARS]
     suffix_lines = tuple(line for line in after.splitlines()[1 : _SUFFIX_LINES + 1] if line.strip())
@@ -265,9 +280,17 @@ def _cursor(snapshot: DocumentSnapshot, offset: int) -> _Cursor:
     )
 
 
+def _line_start(text: str, offset: int) -> int:
+    # Look for a lone \r only within the line the \n search found, so a file without \r is not scanned whole.
+    newline = text.rfind("\n", 0, offset)
+    return max(newline, text.rfind("\r", newline + 1, offset)) + 1
+
+
 def _find_break(text: str, offset: int) -> int:
-    ends = [i for i in (text.find("\n", offset), text.find("\r", offset)) if i != -1]
-    return min(ends) if ends else len(text)
+    newline = text.find("\n", offset)
+    end = len(text) if newline == -1 else newline
+    carriage = text.find("\r", offset, end)
+    return carriage if carriage != -1 else end
 
 
 def _syntax_place(snapshot: DocumentSnapshot, offset: int, cursor: _Cursor) -> str | None:
@@ -283,7 +306,11 @@ def _syntax_place(snapshot: DocumentSnapshot, offset: int, cursor: _Cursor) -> s
             return "string"
         # A line comment ends at the line end, where the cursor often is.
         if node.type in rules.comment_nodes and node.start_byte < byte <= node.end_byte:
-            closed = rules.block_comment and node.end_byte == byte and snapshot.source[:byte].endswith(rules.block_comment[1].encode())
+            closed = (
+                rules.block_comment is not None
+                and node.end_byte == byte
+                and snapshot.source.endswith(rules.block_comment[1].encode(), 0, byte)
+            )
             if not closed:
                 return "comment"
         if node.type in rules.argument_nodes and inside:

@@ -59,7 +59,7 @@ def build_prompt(
         start, context_tokens, ratio = _fit_before(context, len(context), budget // 2, count_tokens, ratio)
         context = context[start:]
 
-    available = budget - context_tokens
+    available = max(budget - context_tokens, 0)
 
     # 2. The suffix gets its share; whatever it does not use goes back to the prefix.
     suffix, suffix_tokens, suffix_truncated = "", 0, False
@@ -82,7 +82,9 @@ def build_prompt(
 
 
 def _line_start(text: str, offset: int) -> int:
-    return max(text.rfind("\n", 0, offset), text.rfind("\r", 0, offset)) + 1
+    # Look for a lone \r only within the line the \n search found, so a file without \r is not scanned whole.
+    newline = text.rfind("\n", 0, offset)
+    return max(newline, text.rfind("\r", newline + 1, offset)) + 1
 
 
 def _fit_before(
@@ -152,6 +154,7 @@ def _fit(
     Each guess is sized from the chars-per-token ratio observed on the previous exact count; guesses are kept
     strictly between the best size known to fit and the smallest known not to, so the search ends.
     """
+    budget = max(budget, 0)
     fits, fits_tokens, over = -1, 0, max_size + 1
     target = budget * ratio * 0.97
     for _ in range(_MAX_COUNTS):

@@ -43,7 +43,8 @@ class GhostServer(LanguageServer):
     # -- positions -------------------------------------------------------------------------
     @property
     def position_encoding(self) -> PositionEncoding:
-        return PositionEncoding(str(self.workspace.position_encoding or "utf-16"))
+        encoding = self.workspace.position_encoding or "utf-16"
+        return PositionEncoding(getattr(encoding, "value", encoding))
 
     # -- requests --------------------------------------------------------------------------
     def supersede(self, uri: str) -> threading.Event:

@@ -26,7 +26,8 @@ async def run_completion(ls, uri: str, line: int, character: int, invoked: bool)
         raise JsonRpcInvalidParams(f"document {uri} is not open: send textDocument/didOpen first")
     settings = ls.settings
     snapshot = document.snapshot()
-    if not settings.enable or snapshot.language.id in settings.disabled_languages:
+    language = snapshot.language
+    if not settings.enable or {language.name, *language.language_ids} & set(settings.disabled_languages):
         return _explained(ls, CompletionResult("", "disabled in settings", False))
     try:
         offset = snapshot.offset_at(line, character, ls.position_encoding)

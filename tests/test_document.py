@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from ghostls.parsers.document import Document, DocumentSnapshot, PositionEncoding, PositionError, _line_starts
+from ghostls.parsers.document import Document, PositionEncoding, PositionError, _line_starts
 from ghostls.parsers.languages import parser_for, rules_for
 
 U8, U16, U32 = PositionEncoding.UTF8, PositionEncoding.UTF16, PositionEncoding.UTF32
@@ -152,7 +152,8 @@ def _random_edits(rng: random.Random, count: int) -> None:
         # The middle of a \r\n is not addressable by an LSP position.
         a, b = (o - 1 if 0 < o < len(text) and text[o - 1 : o + 1] == "\r\n" else o for o in (a, b))
         new = "".join(rng.choice(_PIECES) for _ in range(rng.randint(0, 4)))
-        doc.apply_change(new, (_ref_position(text, ref_lines, a, encoding), _ref_position(text, ref_lines, b, encoding)), version, encoding)
+        start, end = (_ref_position(text, ref_lines, o, encoding) for o in (a, b))
+        doc.apply_change(new, (start, end), version, encoding)
         text = text[:a] + new + text[b:]
         assert doc.text == text, f"edit {version}"
         assert doc.snapshot().line_starts == _line_starts(text), f"edit {version}"
@@ -185,3 +186,43 @@ else:
     @given(st.randoms(use_true_random=False))
     def test_hypothesis_random_edits(rng):
         _random_edits(rng, 200)
+
+
+# Language rules ------------------------------------------------------------------------------------------------
+
+from ghostls.parsers.languages import PLAINTEXT, LanguageRules, all_rules  # noqa: E402
+
+
+@pytest.mark.parametrize(
+    ("language_id", "uri", "expected"),
+    [
+        ("typescriptreact", None, "tsx"),
+        ("javascriptreact", None, "javascript"),
+        ("shellscript", None, "bash"),
+        ("sh", None, "bash"),
+        ("PYTHON", None, "python"),
+        (None, "file:///src/lib.rs", "rust"),
+        ("unknown-thing", "file:///x/Main.java?x=1", "java"),
+        ("unknown-thing", "file:///x/README", "plaintext"),
+        (None, None, "plaintext"),
+    ],
+)
+def test_rules_for(language_id, uri, expected):
+    assert rules_for(language_id, uri).name == expected
+
+
+def test_every_language_has_a_working_grammar():
+    names = set(all_rules())
+    assert names == {"python", "javascript", "typescript", "tsx", "go", "rust", "java", "c", "cpp", "csharp",
+                     "ruby", "php", "lua", "bash"}
+    for rules in all_rules().values():
+        assert parser_for(rules) is not None, rules.name
+        assert rules.line_comment and rules.string_nodes and rules.comment_nodes
+    assert rules_for("python").indent_blocks and rules_for("python").block_openers == (":",)
+    assert parser_for(PLAINTEXT) is None
+
+
+def test_missing_grammar_is_plain_text_with_one_warning(caplog):
+    broken = LanguageRules(name="broken", grammar="ghostls_no_such_grammar:language")
+    assert parser_for(broken) is None and parser_for(broken) is None
+    assert sum("ghostls_no_such_grammar" in r.getMessage() for r in caplog.records) == 1

@@ -32,7 +32,7 @@ CASES = [
     ("python", "x = foo(a, |)\n", "b)", "b"),
     ("python", "x = foo(a, |)\n", "bar())", "bar()"),
     ("python", "x = foo(a, |)\n", "bar()", "bar()"),  # its ")" closes its own call: kept
-    ("python", "if x:\n    |\nreturn 3\n", "\n    y = 1\n    return 3", "y = 1"),
+    ("python", "def f(x):\n    |\n    return y\n", "\n    y = x + 1\n    return y", "y = x + 1"),
     ("python", "for i in range(10):\n    |\n    print(i)\n", "total += i\n    print(i)", "total += i"),
     ("python", "def f():\n    a = 1\n    |\n    b = 2\n    return b\n", "c = 3\n    b = 2\n    return b", "c = 3"),
     # Python: single-line cases.
@@ -57,8 +57,10 @@ CASES = [
     ("go", "package main\n\nfunc main() {\n\tfmt.Printf(\"%d\\n\", |)\n}\n", "n)\n}", "n"),
     # Rust.
     ("rust", "fn main() {\n    let v = vec![1, 2|];\n}\n", ", 3];", ", 3"),
-    ("rust", "fn main() {\n    |\n}\n", 'let x = 1;\n    println!("{}", x);\n}\n\nfn other() {}', 'let x = 1;\n    println!("{}", x);'),
-    ("rust", "impl Foo {\n    fn f(&self) -> i32 {|\n    }\n}\n", "\n        self.x + 1\n    }\n}", "\n        self.x + 1"),
+    ("rust", "fn main() {\n    |\n}\n", 'let x = 1;\n    println!("{}", x);\n}\n\nfn other() {}',
+     'let x = 1;\n    println!("{}", x);'),
+    ("rust", "impl Foo {\n    fn f(&self) -> i32 {|\n    }\n}\n", "\n        self.x + 1\n    }\n}",
+     "\n        self.x + 1"),
     ("rust", 'fn main() {\n    println!("|");\n}\n', 'hello");', "hello"),
     ("rust", "fn main() {\n    let n = compute(|);\n}\n", "a, b);\n    n", "a, b"),
     # Keyword-delimited blocks: a missing `end` is written, an existing one is not.
@@ -147,3 +149,22 @@ def test_broken_code_and_odd_offsets_never_raise():
     stop_check(snapshot, offset, mode)("")
     end = len(snapshot.text)
     assert isinstance(finalize(snapshot, end, decide_mode(snapshot, end), "x"), Completion)
+
+
+def test_random_documents_and_outputs_never_raise_and_streaming_agrees():
+    # Broken code is data: random fragments in every mode, and a stop decision that never cuts differently
+    # from the final cut of the full output.
+    import random
+
+    pieces = list("(){}[]\"'`:;,\n\t ") + ["if x:", "end", "then", "def f", "fn", "//", "#", "😀", "    ", "\r\n"]
+    rng = random.Random(7)
+    for _ in range(300):
+        language = rng.choice(list(EXTENSIONS))
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 40)))
+        offset = rng.randint(0, len(text))
+        snapshot, _ = at_cursor(language, text[:offset] + "|" + text[offset:])
+        mode = decide_mode(snapshot, offset)
+        raw = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 20)))
+        done = stop_check(snapshot, offset, mode)
+        stopped_at = next((i for i in range(1, len(raw) + 1) if done(raw[:i])), len(raw))
+        assert finalize(snapshot, offset, mode, raw[:stopped_at]).text == finalize(snapshot, offset, mode, raw).text

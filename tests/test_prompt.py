@@ -143,3 +143,65 @@ def test_crlf_suffix_is_not_split():
 def snap_fast(text: str) -> DocumentSnapshot:
     # A plain-text snapshot with a trivial line index: the prompt builder must not need a full one.
     return DocumentSnapshot("file:///big", rules_for(None), 1, text, None, [0])
+
+
+# Context the prefix window lost ------------------------------------------------------------------------------
+
+from ghostls.parsers.context import gather_context  # noqa: E402
+from ghostls.parsers.document import Document  # noqa: E402
+
+PY_SOURCE = (
+    "import os\n"
+    "from typing import Any\n"
+    "\n"
+    "class Foo(Base):\n"
+    "    '''A foo.'''\n"
+    "\n"
+    "    def run(self, x: Any) -> int:\n"
+    + "".join(f"        v{i} = {i}\n" for i in range(50))
+    + "        return |\n"
+)
+
+
+def parsed(language: str, marked: str, uri: str):
+    offset = marked.index("|")
+    return Document(uri, language, 1, marked[:offset] + marked[offset + 1 :]).snapshot(), offset
+
+
+def test_context_lists_imports_and_enclosing_headers_above_the_window():
+    snapshot, offset = parsed("python", PY_SOURCE, "file:///f.py")
+    prefix_start = snapshot.text.index("        v40")
+    assert gather_context(snapshot, offset, prefix_start) == (
+        "import os\nfrom typing import Any\nclass Foo(Base):\n    def run(self, x: Any) -> int:\n"
+    )
+    # Headers inside the window are not repeated; imports above it still are.
+    inside = snapshot.text.index("    def run")
+    assert gather_context(snapshot, offset, inside) == "import os\nfrom typing import Any\nclass Foo(Base):\n"
+
+
+def test_context_is_empty_when_the_window_reaches_the_top_or_there_is_no_tree():
+    snapshot, offset = parsed("python", PY_SOURCE, "file:///f.py")
+    assert gather_context(snapshot, offset, 0) == ""
+    plain = DocumentSnapshot("file:///f.txt", rules_for(None), 1, snapshot.text)
+    assert gather_context(plain, offset, 100) == ""
+
+
+def test_context_for_go_method_and_build_into_prompt():
+    source = (
+        'package main\n\nimport (\n\t"fmt"\n\t"os"\n)\n\nfunc (s *S) Run() error {\n'
+        + "".join(f"\tx{i} := {i}\n" for i in range(40))
+        + "\t|\n}\n"
+    )
+    snapshot, offset = parsed("go", source, "file:///m.go")
+    prefix_start = snapshot.text.index("\tx30")
+    context = gather_context(snapshot, offset, prefix_start)
+    assert context == 'package main\nimport (\n\t"fmt"\n\t"os"\n)\nfunc (s *S) Run() error {\n'
+    prompt = build_prompt(snapshot, offset, Fim(), Counter(), budget=60, context=context)
+    assert prompt.text.startswith("<PRE>package main\n") and prompt.prefix_truncated
+
+
+def test_context_caps_lines_and_survives_broken_code():
+    imports = "".join(f"import m{i}\n" for i in range(50))
+    snapshot, offset = parsed("python", imports + "def f(:\n    x = (\n    |", "file:///b.py")
+    context = gather_context(snapshot, offset, len(imports))
+    assert context.count("\n") <= 20 + 8 and context.startswith("import m0\n")

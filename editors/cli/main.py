@@ -176,7 +176,8 @@ async def _ask_server(args, path: Path, text: str, line: int, character: int) ->
     from ghostls.parsers.languages import rules_for
 
     uri = "untitled:stdin" if str(path) == "-" else path.resolve().as_uri()
-    language = args.language or rules_for(None, uri).id
+    rules = rules_for(None, uri)
+    language = args.language or (rules.language_ids[0] if rules.language_ids else rules.name)
     client = LanguageClient("ghostls-cli", __version__)
     bar = _ProgressBar()
     status: dict = {}
@@ -242,9 +243,9 @@ async def _ask_server(args, path: Path, text: str, line: int, character: int) ->
 
 def _plain(value):
     """pygls hands custom results back as namespaces; turn one back into a dict."""
-    if value is None or isinstance(value, (dict, int, float, str)):
-        return value
-    return {k: v for k, v in vars(value).items()}
+    if hasattr(value, "_asdict"):
+        return {k: _plain(v) for k, v in value._asdict().items()}
+    return value
 
 
 class _ProgressBar:

@@ -1,0 +1,129 @@
+"""End to end on the embedded default model (SmolLM2-135M, converted for real once per cache):
+the `ghostls complete` command, and the server's cancellation paths, where generation is slow enough
+on this CPU to be interrupted for certain."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import pytest_lsp
+from lsprotocol import types
+from pygls.exceptions import JsonRpcException
+from pytest_lsp import ClientServerConfig, LanguageClient, client_capabilities
+
+from ghostls.parsers.document import Document
+
+pytestmark = pytest.mark.embedded
+
+REPO = Path(__file__).resolve().parent.parent
+SERVER = [sys.executable, "-m", "ghostls.cli.main", "serve", "--stdio"]
+# A long real file, so that a cold prefill takes seconds on two cores.
+LONG_SOURCE = Path(json.__file__).with_name("decoder.py").read_text() * 3
+
+
+def _error_count(text: str, language: str = "python") -> int:
+    tree = Document("file:///t.py", language, 1, text).snapshot().tree
+    count = 0
+    stack = [tree.root_node]
+    while stack:
+        node = stack.pop()
+        count += node.is_error or node.is_missing
+        stack.extend(node.children)
+    return count
+
+
+def test_cli_completes_the_sample_with_code_that_parses(embedded_model_dir):
+    sample = REPO / "docs" / "examples" / "fib.py"
+    run = subprocess.run([sys.executable, "-m", "ghostls.cli.main", "complete", f"{sample}:4:9", "--json",
+                          "--model", str(embedded_model_dir)], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    answer = json.loads(run.stdout)
+    assert answer["text"].strip(), answer
+    assert answer["provider"] == "cpu"
+    lines = sample.read_text().split("\n")
+    lines[3] = lines[3][:8] + answer["text"] + lines[3][8:]
+    merged = "\n".join(lines)
+    assert _error_count(merged) == 0, merged
+
+
+def test_cli_errors_are_clear(embedded_model_dir, tmp_path):
+    missing = subprocess.run([sys.executable, "-m", "ghostls.cli.main", "complete", str(tmp_path / "nope.py:1:1")],
+                             capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 2
+    assert "no such file" in missing.stderr
+    small = tmp_path / "small.py"
+    small.write_text("x = 1\n")
+    outside = subprocess.run([sys.executable, "-m", "ghostls.cli.main", "complete", f"{small}:9:1"],
+                             capture_output=True, text=True, timeout=60)
+    assert outside.returncode == 2
+    assert "outside" in outside.stderr
+
+
+@pytest_lsp.fixture(config=ClientServerConfig(server_command=SERVER))
+async def client(lsp_client: LanguageClient, embedded_model_dir):
+    options = {"model": str(embedded_model_dir), "loadWaitMs": 60_000, "debounceMs": 0,
+               "maxNewTokens": 200, "maxLines": 200, "timeBudgetMs": 60_000}
+    await lsp_client.initialize_session(types.InitializeParams(
+        capabilities=client_capabilities("visual-studio-code"), initialization_options=options))
+    yield
+    await lsp_client.shutdown_session()
+
+
+def _params(uri: str, line: int, character: int) -> types.InlineCompletionParams:
+    return types.InlineCompletionParams(
+        context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Invoked),
+        text_document=types.TextDocumentIdentifier(uri), position=types.Position(line, character))
+
+
+def _open_long(client: LanguageClient, uri: str) -> int:
+    client.text_document_did_open(types.DidOpenTextDocumentParams(
+        types.TextDocumentItem(uri=uri, language_id="python", version=1, text=LONG_SOURCE)))
+    return LONG_SOURCE.count("\n")
+
+
+async def test_cancel_request_gives_request_cancelled_and_server_goes_on(client: LanguageClient):
+    uri = "file:///work/long.py"
+    last = _open_long(client, uri)
+    await client.text_document_inline_completion_async(_params(uri, 0, 0))  # model loaded, warm
+    # pytest-lsp's send_request_async is a coroutine: schedule it now, so it is sent before the cancel.
+    pending = asyncio.ensure_future(client.protocol.send_request_async(
+        types.TEXT_DOCUMENT_INLINE_COMPLETION, _params(uri, last, 0), msg_id="slow-1"))
+    await asyncio.sleep(0.3)
+    client.protocol.notify(types.CANCEL_REQUEST, types.CancelParams(id="slow-1"))
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(JsonRpcException) as error:
+        await pending
+    assert error.value.code == -32800
+    # The decode loop noticed within one prefill chunk: the next request is not stuck behind it.
+    answer = await client.text_document_inline_completion_async(_params(uri, 1, 0))
+    assert isinstance(answer, types.InlineCompletionList)
+    assert asyncio.get_running_loop().time() - started < 30
+
+
+async def test_newer_request_supersedes_older_one(client: LanguageClient):
+    uri = "file:///work/supersede.py"
+    last = _open_long(client, uri)
+    older = asyncio.ensure_future(client.text_document_inline_completion_async(_params(uri, last, 0)))
+    await asyncio.sleep(0.3)
+    newer = await client.text_document_inline_completion_async(_params(uri, last // 2, 0))
+    assert isinstance(newer, types.InlineCompletionList)
+    assert not (await older).items
+
+
+async def test_change_during_generation_is_content_modified(client: LanguageClient):
+    uri = "file:///work/changing.py"
+    last = _open_long(client, uri)
+    pending = asyncio.ensure_future(client.text_document_inline_completion_async(_params(uri, last, 0)))
+    await asyncio.sleep(0.3)
+    client.text_document_did_change(types.DidChangeTextDocumentParams(
+        text_document=types.VersionedTextDocumentIdentifier(uri=uri, version=2),
+        content_changes=[types.TextDocumentContentChangePartial(
+            range=types.Range(types.Position(0, 0), types.Position(0, 0)), text="# edited\n")]))
+    with pytest.raises(JsonRpcException) as error:
+        await pending
+    assert error.value.code == -32801
