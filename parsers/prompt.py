@@ -36,6 +36,19 @@ class Prompt:
     context: str  # extra context block placed first (may be "")
     prefix_truncated: bool
     suffix_truncated: bool
+    # Spaces and tabs cut from the end of the prefix before rendering. Tokenizers fold indentation into
+    # the next word's token (" if"), so a prompt ending in spaces makes the model add one more; it
+    # generates them itself instead, and the completion drops them again (see `heal`).
+    healed: str = ""
+
+    def heal(self, generated: str) -> str:
+        """The generated text as it continues the document at the cursor."""
+        if not self.healed:
+            return generated
+        if generated.startswith(self.healed):
+            return generated[len(self.healed):]
+        # The model chose other whitespace (or none): the cursor's own spaces stand.
+        return generated.lstrip(" \t") if generated[:1] in (" ", "\t") else generated
 
 
 def build_prompt(
@@ -70,14 +83,17 @@ def build_prompt(
     # 3. The prefix: whole lines above the cursor, plus the cursor's own line up to the cursor.
     start, _, ratio = _fit_before(text, offset, available - suffix_tokens, count_tokens, ratio)
     prefix = text[start:offset]
+    rendered = prefix.rstrip(" \t")
+    healed = prefix[len(rendered):]
 
     return Prompt(
-        text=template.render(prefix, suffix, context),
+        text=template.render(rendered, suffix, context),
         prefix=prefix,
         suffix=suffix,
         context=context,
         prefix_truncated=start > 0,
         suffix_truncated=suffix_truncated,
+        healed=healed,
     )
 
 

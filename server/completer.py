@@ -58,7 +58,8 @@ def complete(model: LoadedModel, snapshot: DocumentSnapshot, offset: int, settin
     max_new = settings.max_new_tokens if mode.multiline else min(settings.max_new_tokens, 48)
     request = GenerationRequest(tuple(ids), max_new_tokens=max_new, stop_strings=template.stop,
                                 time_budget_s=settings.time_budget_ms / 1000)
-    generation = engine.generate(request, is_complete=stop_check(snapshot, offset, mode, settings.max_lines),
+    complete_at = stop_check(snapshot, offset, mode, settings.max_lines)
+    generation = engine.generate(request, is_complete=lambda text: complete_at(prompt.heal(text)),
                                  cancelled=cancelled)
     timings["prefill"] = round(generation.prefill_s * 1000, 2)
     timings["decode"] = round(generation.decode_s * 1000, 2)
@@ -66,7 +67,7 @@ def complete(model: LoadedModel, snapshot: DocumentSnapshot, offset: int, settin
     if generation.stop_reason == "cancelled":
         return CompletionResult("", "cancelled", mode.multiline, generation.prompt_tokens,
                                 generation.reused_tokens, timings)
-    final = finalize(snapshot, offset, mode, generation.text, settings.max_lines)
+    final = finalize(snapshot, offset, mode, prompt.heal(generation.text), settings.max_lines)
     lap("postprocess")
     reason = final.reason or generation.stop_reason
     if not final.text and not final.reason:

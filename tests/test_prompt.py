@@ -205,3 +205,27 @@ def test_context_caps_lines_and_survives_broken_code():
     snapshot, offset = parsed("python", imports + "def f(:\n    x = (\n    |", "file:///b.py")
     context = gather_context(snapshot, offset, len(imports))
     assert context.count("\n") <= 20 + 8 and context.startswith("import m0\n")
+
+
+def test_indentation_before_the_cursor_is_left_to_the_model_and_healed():
+    snapshot, offset = at_cursor("def f():\n    |\n")
+    prompt = build_prompt(snapshot, offset, Fim(), Counter())
+    assert prompt.text == "<PRE>def f():\n<SUF>\n<MID>"
+    assert prompt.healed == "    "
+    assert prompt.heal("    return 1") == "return 1"
+    assert prompt.heal("  return 1") == "return 1"  # other whitespace: the cursor's own spaces stand
+    assert prompt.heal("return 1") == "return 1"
+
+
+def test_space_after_an_operator_is_healed_too():
+    snapshot, offset = at_cursor("x = |")
+    prompt = build_prompt(snapshot, offset, Fim(uses_suffix=False), Counter())
+    assert prompt.text == "x ="
+    assert prompt.heal(" 42") == "42"
+
+
+def test_no_trailing_whitespace_means_no_healing():
+    snapshot, offset = at_cursor("print(|)")
+    prompt = build_prompt(snapshot, offset, Fim(), Counter())
+    assert prompt.healed == ""
+    assert prompt.heal(" x") == " x"
