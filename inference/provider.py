@@ -7,8 +7,10 @@ or no CUDA libraries, so the choice rests on a real session's providers, never o
 from __future__ import annotations
 
 import base64
+import glob
 import logging
 import os
+import sys
 from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
@@ -51,6 +53,9 @@ def cuda_works() -> tuple[bool, str]:
         return False, "this onnxruntime build has no CUDA provider"
     if os.environ.get("CUDA_VISIBLE_DEVICES", None) == "":
         return False, "CUDA_VISIBLE_DEVICES is empty"
+    if sys.platform.startswith("linux") and not glob.glob("/dev/nvidia[0-9]*"):
+        # No device node: skip loading the (large) CUDA provider library just to watch it fail.
+        return False, "no NVIDIA device on this machine"
     try:
         # The nvidia-* pip packages hold the CUDA/cuDNN libraries; ORT finds them only after this.
         preload = getattr(ort, "preload_dlls", None)

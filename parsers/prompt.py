@@ -36,19 +36,24 @@ class Prompt:
     context: str  # extra context block placed first (may be "")
     prefix_truncated: bool
     suffix_truncated: bool
-    # Spaces and tabs cut from the end of the prefix before rendering. Tokenizers fold indentation into
-    # the next word's token (" if"), so a prompt ending in spaces makes the model add one more; it
-    # generates them itself instead, and the completion drops them again (see `heal`).
+    # Spaces and tabs cut from the end of the prefix before rendering, when the cursor is mid-line.
+    # Tokenizers fold a space into the next word's token (" 1"), so a prompt ending in one makes the
+    # model add another; it generates the space itself instead, and `heal` drops it again.
     healed: str = ""
+    # The cursor stands after indentation only. The indentation stays in the prompt (cut away, the
+    # model is free to dedent out of the block), and the model's extra leading spaces are dropped.
+    at_indent: bool = False
 
     def heal(self, generated: str) -> str:
         """The generated text as it continues the document at the cursor."""
+        if self.at_indent:
+            return generated.lstrip(" \t")
         if not self.healed:
             return generated
         if generated.startswith(self.healed):
             return generated[len(self.healed):]
         # The model chose other whitespace (or none): the cursor's own spaces stand.
-        return generated.lstrip(" \t") if generated[:1] in (" ", "\t") else generated
+        return generated.lstrip(" \t")
 
 
 def build_prompt(
@@ -83,7 +88,9 @@ def build_prompt(
     # 3. The prefix: whole lines above the cursor, plus the cursor's own line up to the cursor.
     start, _, ratio = _fit_before(text, offset, available - suffix_tokens, count_tokens, ratio)
     prefix = text[start:offset]
-    rendered = prefix.rstrip(" \t")
+    cursor_line = prefix[prefix.rfind("\n") + 1:]
+    at_indent = bool(cursor_line) and not cursor_line.strip(" \t")
+    rendered = prefix if at_indent else prefix.rstrip(" \t")
     healed = prefix[len(rendered):]
 
     return Prompt(
@@ -94,6 +101,7 @@ def build_prompt(
         prefix_truncated=start > 0,
         suffix_truncated=suffix_truncated,
         healed=healed,
+        at_indent=at_indent,
     )
 
 

@@ -21,6 +21,11 @@ def test_cache_root() -> Path:
 test_cache_root.__test__ = False  # a helper, not a test
 
 
+def pytest_configure(config):
+    # Servers started by the tests convert into the test cache, never into the user's own cache.
+    os.environ.setdefault("GHOSTLS_CACHE_DIR", str(test_cache_root()))
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("checkpoints")

@@ -118,3 +118,25 @@ def test_corrupt_model_is_a_clear_model_error(tiny_model, tmp_path):
 def test_missing_model_folder_is_a_clear_model_error(tmp_path):
     with pytest.raises(ModelError):
         Engine(tmp_path / "nothing-here", provider="cpu")
+
+
+@pytest.mark.parametrize("family", ["starcoder", "qwen", "deepseek", "codellama", "codestral", "codegemma",
+                                    "prefix_only"])
+def test_every_fim_family_converts_prompts_and_generates(tiny_model, family):
+    """Each family: a real conversion, its FIM tokens kept whole by the tokenizer, a real generation."""
+    from ghostls.inference.cache import read_manifest
+    from ghostls.inference.fim import template_by_name
+
+    folder = tiny_model(family)
+    assert read_manifest(folder).fim_family == family
+    template = template_by_name(family)
+    engine = Engine(folder, provider="cpu")
+    prompt = template.render("def add(a, b):\n    return ", "\n\nprint(add(1, 2))\n")
+    ids = engine.encode(prompt)
+    for token in template.tokens.values():
+        token_id = engine.tokenizer.token_to_id(token.strip())
+        assert token_id is not None, f"{token!r} is not one token of the {family} tokenizer"
+        assert token_id in ids
+    result = engine.generate(GenerationRequest(tuple(ids), max_new_tokens=4))
+    assert result.prompt_tokens == len(ids)
+    assert result.stop_reason in ("max_tokens", "eos", "stop_string")

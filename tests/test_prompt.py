@@ -207,20 +207,20 @@ def test_context_caps_lines_and_survives_broken_code():
     assert context.count("\n") <= 20 + 8 and context.startswith("import m0\n")
 
 
-def test_indentation_before_the_cursor_is_left_to_the_model_and_healed():
+def test_indentation_before_the_cursor_stays_and_extra_spaces_are_dropped():
     snapshot, offset = at_cursor("def f():\n    |\n")
     prompt = build_prompt(snapshot, offset, Fim(), Counter())
-    assert prompt.text == "<PRE>def f():\n<SUF>\n<MID>"
-    assert prompt.healed == "    "
-    assert prompt.heal("    return 1") == "return 1"
-    assert prompt.heal("  return 1") == "return 1"  # other whitespace: the cursor's own spaces stand
-    assert prompt.heal("return 1") == "return 1"
+    assert prompt.text == "<PRE>def f():\n    <SUF>\n<MID>"
+    assert prompt.at_indent and prompt.healed == ""
+    assert prompt.heal(" return 1") == "return 1"
+    assert prompt.heal("return 1\n    x") == "return 1\n    x"
 
 
 def test_space_after_an_operator_is_healed_too():
     snapshot, offset = at_cursor("x = |")
     prompt = build_prompt(snapshot, offset, Fim(uses_suffix=False), Counter())
     assert prompt.text == "x ="
+    assert not prompt.at_indent
     assert prompt.heal(" 42") == "42"
 
 

@@ -173,3 +173,37 @@ async def test_missing_model_is_reported_and_server_stays_up(broken_client: Lang
     result = await _inline(broken_client, uri, 1, 0)
     assert not result.items
     assert any("does not exist" in m.message for m in broken_client.messages)
+
+
+@pytest_lsp.fixture(config=ClientServerConfig(server_command=SERVER))
+async def converting_client(lsp_client: LanguageClient, tiny_checkpoints, tmp_path):
+    # A checkpoint folder never seen before, so the server must convert it (about 10 s) first.
+    import shutil
+
+    fresh = tmp_path / f"unseen-{tmp_path.name}"
+    shutil.copytree(tiny_checkpoints["starcoder"], fresh)
+    lsp_client.fresh_checkpoint = fresh
+    params = types.InitializeParams(capabilities=client_capabilities("visual-studio-code"),
+                                    initialization_options=_options(fresh, loadWaitMs=0))
+    await lsp_client.initialize_session(params)
+    yield
+    await lsp_client.shutdown_session()
+
+
+async def test_request_while_converting_is_empty_not_an_error(converting_client: LanguageClient):
+    uri = "file:///work/early.py"
+    _open(converting_client, uri, PY_SOURCE)
+    result = await _inline(converting_client, uri, 10, 4)
+    assert not result.items
+    explained = await _explain(converting_client)
+    assert explained.model.state in ("starting", "converting")
+    assert "model not ready" in explained.last.reason
+    # The conversion goes on in the background and ends ready.
+    status = await converting_client.wait_for_notification("ghostls/status")
+    while status.state not in ("ready", "error"):
+        status = await converting_client.wait_for_notification("ghostls/status")
+    assert status.state == "ready", status.detail
+    _cleanup = [p for p in __import__("pathlib").Path(__import__("os").environ["GHOSTLS_CACHE_DIR"], "models").glob(
+        f"{converting_client.fresh_checkpoint.name}*")]
+    for folder in _cleanup:
+        __import__("shutil").rmtree(folder, ignore_errors=True)
