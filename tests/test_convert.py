@@ -244,3 +244,16 @@ def test_embedded_model_converts_and_generates(embedded_model_dir: Path) -> None
     prompt_ids = list(tokenizer.encode("def fibonacci(n):\n"))
     out = greedy_tokens(embedded_model_dir, prompt_ids, 16)
     assert out and tokenizer.decode(out).strip()
+
+
+def test_cuda_target_converts_on_a_cpu_machine(tiny_checkpoints, tmp_path) -> None:
+    """A CUDA model (fp16) is built here, without a GPU; its config asks onnxruntime-genai for CUDA."""
+    import json
+
+    from ghostls.inference.cache import read_manifest
+
+    out = convert(tiny_checkpoints["qwen"], precision="fp16", execution_provider="cuda", out_root=tmp_path)
+    manifest = read_manifest(out)
+    assert (manifest.precision, manifest.execution_provider) == ("fp16", "cuda")
+    genai = json.loads((out / "genai_config.json").read_text())
+    assert "cuda" in json.dumps(genai["model"]["decoder"]["session_options"]["provider_options"]).lower()
