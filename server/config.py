@@ -53,7 +53,7 @@ _RANGES = {
     "max_lines": (1, 200),
     "time_budget_ms": (100, 120_000),
     "debounce_ms": (0, 5000),
-    "load_wait_ms": (0, 600_000),
+    "load_wait_ms": (0, 3_600_000),
 }
 
 
