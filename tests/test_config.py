@@ -44,3 +44,10 @@ def test_non_object_settings_are_a_warning():
     settings, warnings = parse_settings(["not", "a", "dict"])
     assert settings == Settings()
     assert warnings and "object" in warnings[0]
+
+
+def test_the_cli_wait_for_a_first_conversion_is_accepted():
+    # `ghostls complete` waits up to its --timeout (900 s by default) for a first-use conversion.
+    settings, warnings = parse_settings({"loadWaitMs": 900_000})
+    assert warnings == []
+    assert settings.load_wait_ms == 900_000
