@@ -63,3 +63,15 @@ def test_model_info_on_a_folder_without_a_model(tmp_path):
     result = run("model", "info", str(tmp_path))
     assert result.returncode == 2
     assert "ghostls:" in result.stderr
+
+
+def test_progress_bar_draws_lsp_progress_values(capsys):
+    from ghostls.cli.main import _ProgressBar
+
+    bar = _ProgressBar()
+    bar.update({"kind": "report", "percentage": 50, "message": "building ONNX"})  # as $/progress delivers it
+    bar.update({"kind": "end", "message": "ready"})  # no percentage: nothing to draw
+    bar.close()
+    err = capsys.readouterr().err
+    assert "[##########..........]  50% building ONNX" in err
+    assert "ready" not in err

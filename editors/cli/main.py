@@ -255,8 +255,10 @@ class _ProgressBar:
         self._shown = False
 
     def update(self, value) -> None:
-        percentage = getattr(value, "percentage", None)
-        message = getattr(value, "message", None) or getattr(value, "title", "") or ""
+        # $/progress values arrive as plain dicts (LSPAny); the converter's own calls pass objects.
+        field = value.get if isinstance(value, dict) else lambda key: getattr(value, key, None)
+        percentage = field("percentage")
+        message = field("message") or field("title") or ""
         if percentage is None:
             return
         filled = int(percentage / 5)
