@@ -7,7 +7,7 @@ Settings value travels with each request snapshot, never through globals.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Any
 
 
