@@ -71,7 +71,7 @@ class Engine:
         from tokenizers import Tokenizer
 
         self.model_dir = Path(model_dir)
-        validate_model_dir(self.model_dir)
+        self.manifest = validate_model_dir(self.model_dir)
         self.provider: ProviderChoice = choose_provider(provider)
         started = time.perf_counter()
         try:
@@ -86,8 +86,6 @@ class Engine:
             self._og = og
             self._model = og.Model(config)
             self.tokenizer = Tokenizer.from_file(str(self.model_dir / "tokenizer.json"))
-        except ModelError:
-            raise
         except Exception as exc:  # a corrupt or truncated model must become a clear message
             raise ModelError(f"cannot load the model in {self.model_dir}: {exc}") from exc
         self.load_s = time.perf_counter() - started
@@ -109,9 +107,6 @@ class Engine:
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer.encode(text, add_special_tokens=False).ids)
-
-    def vocabulary(self) -> set[str]:
-        return set(self.tokenizer.get_vocab(with_added_tokens=True))
 
     # -- generation ------------------------------------------------------------------------
     def generate(self, request: GenerationRequest, *,

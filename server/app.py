@@ -39,6 +39,10 @@ class GhostServer(LanguageServer):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._progress_open = False
         self._warned: set[str] = set()
+        # Option warnings found in `initialize`, shown once the client is `initialized`.
+        self.pending_warnings: list[str] = []
+        # The last completion's explanation, for `ghostls/explain`.
+        self.last_result = None
 
     # -- positions -------------------------------------------------------------------------
     @property

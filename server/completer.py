@@ -20,6 +20,10 @@ from .config import Settings
 from .model_host import LoadedModel
 
 
+# A single-line completion needs few tokens; stopping early keeps it quick.
+SINGLE_LINE_MAX_TOKENS = 48
+
+
 @dataclass(frozen=True)
 class CompletionResult:
     text: str
@@ -55,7 +59,7 @@ def complete(model: LoadedModel, snapshot: DocumentSnapshot, offset: int, settin
     ids = engine.encode(prompt.text)
     lap("tokenize")
 
-    max_new = settings.max_new_tokens if mode.multiline else min(settings.max_new_tokens, 48)
+    max_new = settings.max_new_tokens if mode.multiline else min(settings.max_new_tokens, SINGLE_LINE_MAX_TOKENS)
     request = GenerationRequest(tuple(ids), max_new_tokens=max_new, stop_strings=template.stop,
                                 time_budget_s=settings.time_budget_ms / 1000)
     complete_at = stop_check(snapshot, offset, mode, settings.max_lines)

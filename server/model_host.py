@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from ghostls.inference.cache import ModelError, read_manifest
+from ghostls.inference.cache import ModelError
 from ghostls.inference.engine import Engine
-from ghostls.inference.fim import FimTemplate, detect_template, template_by_name
+from ghostls.inference.fim import FimTemplate, template_by_name
 
 from .config import Settings
 
@@ -56,7 +56,7 @@ def resolve_model_dir(settings: Settings, progress: Callable[[str, float], None]
     if not source.exists():
         raise ModelError(f"model path {source} does not exist")
     if source.is_dir() and (source / "genai_config.json").is_file():
-        return source  # already an ONNX model folder
+        return source  # a folder ghostls converted (the Engine checks its manifest)
     return convert.convert_in_subprocess(source, settings.precision, progress)
 
 
@@ -103,7 +103,7 @@ class ModelHost:
             model_dir = resolve_model_dir(settings, self._on_progress)
             self._set(ModelStatus(ModelState.LOADING, f"loading {model_dir.name}", model_dir.name))
             engine = Engine(model_dir, provider=settings.provider)
-            template = _template_for(settings, model_dir, engine)
+            template = _template_for(settings, engine)
             self._loaded = LoadedModel(engine, template)
             self._set(ModelStatus(ModelState.READY, f"{model_dir.name} ready in {engine.load_s:.2f}s",
                                   model_dir.name, engine.provider.name, template.family))
@@ -117,13 +117,7 @@ class ModelHost:
             self._ready.set()
 
 
-def _template_for(settings: Settings, model_dir: Path, engine: Engine) -> FimTemplate:
-    if settings.fim_template != "auto":
-        return template_by_name(settings.fim_template)
-    try:
-        family = read_manifest(model_dir).fim_family
-        if family:
-            return template_by_name(family)
-    except (ModelError, ValueError):
-        pass  # a model folder converted elsewhere: detect from the tokenizer instead
-    return detect_template(engine.vocabulary())
+def _template_for(settings: Settings, engine: Engine) -> FimTemplate:
+    """The template named in settings, else the family the converter detected from the tokenizer."""
+    name = engine.manifest.fim_family if settings.fim_template == "auto" else settings.fim_template
+    return template_by_name(name)

@@ -4,7 +4,10 @@ on a tiny converted model. Every test ends with a clean shutdown; the harness fa
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
 import sys
+from pathlib import Path
 
 import pytest
 import pytest_lsp
@@ -178,8 +181,6 @@ async def test_missing_model_is_reported_and_server_stays_up(broken_client: Lang
 @pytest_lsp.fixture(config=ClientServerConfig(server_command=SERVER))
 async def converting_client(lsp_client: LanguageClient, tiny_checkpoints, tmp_path):
     # A checkpoint folder never seen before, so the server must convert it (about 10 s) first.
-    import shutil
-
     fresh = tmp_path / f"unseen-{tmp_path.name}"
     shutil.copytree(tiny_checkpoints["starcoder"], fresh)
     lsp_client.fresh_checkpoint = fresh
@@ -203,7 +204,7 @@ async def test_request_while_converting_is_empty_not_an_error(converting_client:
     while status.state not in ("ready", "error"):
         status = await converting_client.wait_for_notification("ghostls/status")
     assert status.state == "ready", status.detail
-    _cleanup = [p for p in __import__("pathlib").Path(__import__("os").environ["GHOSTLS_CACHE_DIR"], "models").glob(
-        f"{converting_client.fresh_checkpoint.name}*")]
-    for folder in _cleanup:
-        __import__("shutil").rmtree(folder, ignore_errors=True)
+    # The one-off conversion must not pile up in the shared test cache.
+    models = Path(os.environ["GHOSTLS_CACHE_DIR"]) / "models"
+    for folder in models.glob(f"{converting_client.fresh_checkpoint.name}*"):
+        shutil.rmtree(folder, ignore_errors=True)

@@ -255,10 +255,9 @@ class _ProgressBar:
         self._shown = False
 
     def update(self, value) -> None:
-        # $/progress values arrive as plain dicts (LSPAny); the converter's own calls pass objects.
-        field = value.get if isinstance(value, dict) else lambda key: getattr(value, key, None)
-        percentage = field("percentage")
-        message = field("message") or field("title") or ""
+        # $/progress values arrive as plain dicts (LSPAny), as do the converter's own reports.
+        percentage = value.get("percentage")
+        message = value.get("message") or value.get("title") or ""
         if percentage is None:
             return
         filled = int(percentage / 5)
@@ -283,7 +282,7 @@ def _model_convert(args) -> int:
     bar = _ProgressBar()
 
     def progress(stage: str, fraction: float) -> None:
-        bar.update(argparse.Namespace(percentage=int(fraction * 100), message=stage))
+        bar.update({"percentage": int(fraction * 100), "message": stage})
 
     try:
         source = Path(args.source) if args.source else embedded.embedded_gguf_path()

@@ -9,7 +9,7 @@ def register(server) -> None:
     @server.feature("ghostls/explain")
     def explain(ls, params=None) -> dict:
         status = ls.models.status
-        result = getattr(ls, "last_result", None)
+        result = ls.last_result
         last = None
         if result is not None:
             last = {k: v for k, v in dataclasses.asdict(result).items() if k != "text"}

@@ -16,7 +16,7 @@ def register(server) -> None:
 
     @server.feature(types.INITIALIZED)
     def initialized(ls, params: types.InitializedParams) -> None:
-        for warning in getattr(ls, "pending_warnings", []):
+        for warning in ls.pending_warnings:
             ls.warn_once(warning)
         ls.start_model()
 
