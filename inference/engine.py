@@ -1,7 +1,8 @@
 """The decode loop: one ONNX model loaded once, greedy decoding, KV-cache reuse across keystrokes.
 
 Runs on a worker thread and is driven through plain values (token ids, strings, callables); it never
-touches LSP or the event loop. One generation runs at a time: the KV cache is a single shared buffer.
+touches LSP or the event loop. One generation runs at a time; each document (cache key) keeps a KV cache
+of its own, and the caches share a byte budget, evicted least recently used first.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import logging
 import os
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -24,6 +26,11 @@ log = logging.getLogger(__name__)
 PREFILL_CHUNK = 256
 # Reusing fewer tokens than this is not worth keeping a stale cache around.
 MIN_REUSE = 8
+# A new cache is sized for at least this many tokens, rounded up to a multiple of CACHE_STEP: onnxruntime-genai
+# allocates the whole buffer up front (past and present share it), so the size is the memory it costs.
+MIN_CACHE_TOKENS = 1280
+CACHE_STEP = 256
+DEFAULT_KV_BUDGET = 256 * 2**20
 
 
 @dataclass(frozen=True)
@@ -32,6 +39,8 @@ class GenerationRequest:
     max_new_tokens: int = 64
     stop_strings: tuple[str, ...] = ()
     time_budget_s: float = 5.0
+    # Requests with the same key (the server uses the document URI) share a KV cache.
+    cache_key: str = ""
 
 
 @dataclass(frozen=True)
@@ -43,6 +52,7 @@ class Generation:
     reused_tokens: int  # prompt tokens whose KV cache came from the previous request
     prefill_s: float
     decode_s: float
+    first_token_s: float | None = None  # from the call to the first new token; None when none came
 
 
 @dataclass
@@ -52,6 +62,7 @@ class _KvState:
     generator: object
     tokens: list[int] = field(default_factory=list)
     max_length: int = 0
+    nbytes: int = 0
 
 
 def common_prefix_length(a: list[int] | tuple[int, ...], b: list[int] | tuple[int, ...]) -> int:
@@ -66,7 +77,7 @@ class Engine:
     """A loaded model plus its tokenizer. Thread-safe: calls are serialised by a lock."""
 
     def __init__(self, model_dir: Path, provider: str = "auto", threads: int | None = None,
-                 max_context: int = 4096):
+                 max_context: int = 4096, kv_budget_bytes: int = DEFAULT_KV_BUDGET):
         import onnxruntime_genai as og
         from tokenizers import Tokenizer
 
@@ -96,8 +107,13 @@ class Engine:
         # What an empty prompt (the top of an empty file) starts from: the start-of-document token.
         bos = genai["model"].get("bos_token_id")
         self.start_ids = [bos] if isinstance(bos, int) else sorted(self.eos_ids)[:1]
+        decoder = genai["model"]["decoder"]
+        # Keys and values, every layer; float32 on the CPU, float16 on CUDA.
+        self.kv_bytes_per_token = (2 * decoder["num_hidden_layers"] * decoder["num_key_value_heads"]
+                                   * decoder["head_size"] * (2 if self.provider.name == "cuda" else 4))
+        self.kv_budget_bytes = kv_budget_bytes
         self._lock = threading.Lock()
-        self._kv: _KvState | None = None
+        self._caches: OrderedDict[str, _KvState] = OrderedDict()  # least recently used first
         log.info("model %s loaded in %.2fs on %s (%s)", self.model_dir.name, self.load_s,
                  self.provider.name, self.provider.reason)
 
@@ -116,7 +132,7 @@ class Engine:
             try:
                 return self._generate(request, is_complete, cancelled)
             except Exception:
-                self._kv = None  # a half-fed cache must not be reused
+                self._caches.pop(request.cache_key, None)  # a half-fed cache must not be reused
                 raise
 
     def _generate(self, request: GenerationRequest, is_complete, cancelled) -> Generation:
@@ -127,8 +143,8 @@ class Engine:
         prompt = list(request.prompt_ids[-room:]) if room > 0 else list(request.prompt_ids[-1:])
         prompt = prompt or list(self.start_ids)
 
-        # Step 1: reuse the KV cache of the longest common prefix with what the cache holds.
-        kv, reused = self._reusable_state(prompt, request.max_new_tokens)
+        # Step 1: reuse the KV cache of the longest common prefix with what this document's cache holds.
+        kv, reused = self._reusable_state(request.cache_key, prompt, request.max_new_tokens)
         pending = prompt[reused:]
 
         # Step 2: prefill the rest of the prompt, a chunk at a time, checking for cancellation.
@@ -144,6 +160,7 @@ class Engine:
         new_ids: list[int] = []
         text = ""
         reason = "max_tokens"
+        first_token_at = None
         while len(new_ids) < request.max_new_tokens:
             if cancelled():
                 reason = "cancelled"
@@ -157,6 +174,7 @@ class Engine:
             kv.generator.generate_next_token()
             token = int(kv.generator.get_next_tokens()[0])
             kv.tokens.append(token)
+            first_token_at = first_token_at or time.perf_counter()
             if token in self.eos_ids:
                 reason = "eos"
                 break
@@ -170,35 +188,54 @@ class Engine:
             if is_complete(text):
                 reason = "complete"
                 break
-        return self._result(new_ids, reason, prompt, reused, started, prefilled, text)
+        return self._result(new_ids, reason, prompt, reused, started, prefilled, text, first_token_at)
 
-    def _reusable_state(self, prompt: list[int], max_new_tokens: int) -> tuple[_KvState, int]:
-        og = self._og
-        kv = self._kv
+    def _reusable_state(self, key: str, prompt: list[int], max_new_tokens: int) -> tuple[_KvState, int]:
+        kv = self._caches.get(key)
         if kv is not None and len(prompt) + max_new_tokens <= kv.max_length:
+            self._caches.move_to_end(key)
             # At least one prompt token must be fed again: the logits come from the last one fed.
             shared = min(common_prefix_length(kv.tokens, prompt), len(prompt) - 1)
             if shared >= MIN_REUSE:
                 kv.generator.rewind_to(shared)
                 del kv.tokens[shared:]
                 return kv, shared
-        # A fresh generator; its cache is sized once for prompts up to the context budget.
-        max_length = min(self.context_length, max(2048, len(prompt) + max_new_tokens + 1))
-        params = og.GeneratorParams(self._model)
+        # A fresh generator, sized with room for the prompt to grow as the user types.
+        needed = max(MIN_CACHE_TOKENS, len(prompt) + max_new_tokens + 1)
+        max_length = min(self.context_length, -(-needed // CACHE_STEP) * CACHE_STEP)
+        nbytes = max_length * self.kv_bytes_per_token
+        # Free this document's old cache and the least recently used others before allocating.
+        self._caches.pop(key, None)
+        while self._caches and self.cached_bytes() + nbytes > self.kv_budget_bytes:
+            evicted, _ = self._caches.popitem(last=False)
+            log.debug("KV cache of %s evicted", evicted or "<default>")
+        params = self._og.GeneratorParams(self._model)
         params.set_search_options(do_sample=False, max_length=max_length)
-        self._kv = None  # free the old cache before allocating the new one
-        self._kv = _KvState(og.Generator(self._model, params), [], max_length)
-        return self._kv, 0
+        kv = self._caches[key] = _KvState(self._og.Generator(self._model, params), [], max_length, nbytes)
+        return kv, 0
 
-    def _result(self, ids, reason, prompt, reused, started, prefilled, text="") -> Generation:
+    def _result(self, ids, reason, prompt, reused, started, prefilled, text="", first_token_at=None) -> Generation:
         now = time.perf_counter()
         return Generation(text=text, token_ids=tuple(ids), stop_reason=reason, prompt_tokens=len(prompt),
-                          reused_tokens=reused, prefill_s=prefilled - started, decode_s=now - prefilled)
+                          reused_tokens=reused, prefill_s=prefilled - started, decode_s=now - prefilled,
+                          first_token_s=None if first_token_at is None else first_token_at - started)
 
-    def reset(self) -> None:
-        """Drops the KV cache (a new model, or memory pressure)."""
+    def cached_bytes(self) -> int:
+        """Bytes held by the KV caches (their whole allocated buffers)."""
+        return sum(kv.nbytes for kv in self._caches.values())
+
+    def cache_keys(self) -> list[str]:
+        """The documents holding a KV cache, least recently used first."""
         with self._lock:
-            self._kv = None
+            return list(self._caches)
+
+    def reset(self, key: str | None = None) -> None:
+        """Drops one document's KV cache (a closed document), or all of them (a new model, memory pressure)."""
+        with self._lock:
+            if key is None:
+                self._caches.clear()
+            else:
+                self._caches.pop(key, None)
 
 
 def _first_stop(text: str, stops: tuple[str, ...]) -> int | None:

@@ -61,7 +61,7 @@ def complete(model: LoadedModel, snapshot: DocumentSnapshot, offset: int, settin
 
     max_new = settings.max_new_tokens if mode.multiline else min(settings.max_new_tokens, SINGLE_LINE_MAX_TOKENS)
     request = GenerationRequest(tuple(ids), max_new_tokens=max_new, stop_strings=template.stop,
-                                time_budget_s=settings.time_budget_ms / 1000)
+                                time_budget_s=settings.time_budget_ms / 1000, cache_key=snapshot.uri)
     complete_at = stop_check(snapshot, offset, mode, settings.max_lines)
     generation = engine.generate(request, is_complete=lambda text: complete_at(prompt.heal(text)),
                                  cancelled=cancelled)

@@ -140,3 +140,33 @@ def test_every_fim_family_converts_prompts_and_generates(tiny_model, family):
     result = engine.generate(GenerationRequest(tuple(ids), max_new_tokens=4))
     assert result.prompt_tokens == len(ids)
     assert result.stop_reason in ("max_tokens", "eos", "stop_string")
+
+
+def test_each_document_keeps_its_own_cache(engine):
+    a = tuple(engine.encode(SOURCE))
+    b = tuple(engine.encode("class Stack:\n    def __init__(self):\n        self.items = []\n\n    def push(self, x):\n"))
+    engine.reset()
+    engine.generate(GenerationRequest(a, max_new_tokens=4, cache_key="file:///a.py"))
+    engine.generate(GenerationRequest(b, max_new_tokens=4, cache_key="file:///b.py"))
+    # Back in the first document, its prompt is still cached despite the other document's request.
+    again = engine.generate(GenerationRequest(a, max_new_tokens=4, cache_key="file:///a.py"))
+    assert again.reused_tokens == len(a) - 1
+    assert again.first_token_s is not None and again.first_token_s <= again.prefill_s + again.decode_s
+    assert engine.cache_keys() == ["file:///b.py", "file:///a.py"]
+    engine.reset("file:///b.py")
+    assert engine.cache_keys() == ["file:///a.py"]
+
+
+def test_caches_over_the_byte_budget_are_evicted_least_recently_used(tiny_model):
+    small = Engine(tiny_model("starcoder"), provider="cpu")
+    ids = tuple(small.encode(SOURCE))
+    one_cache = 1280 * small.kv_bytes_per_token  # the smallest cache the Engine allocates
+    small.kv_budget_bytes = 2 * one_cache
+    for name in ("a", "b", "c"):
+        small.generate(GenerationRequest(ids, max_new_tokens=2, cache_key=name))
+    assert small.cache_keys() == ["b", "c"]
+    assert small.cached_bytes() <= small.kv_budget_bytes
+    # A budget below one cache still serves requests, one document at a time.
+    small.kv_budget_bytes = 1
+    result = small.generate(GenerationRequest(ids, max_new_tokens=2, cache_key="d"))
+    assert result.reused_tokens == 0 and small.cache_keys() == ["d"]

@@ -49,3 +49,6 @@ def register(server) -> None:
         ls.documents.pop(params.text_document.uri, None)
         if (flag := ls.inflight.pop(params.text_document.uri, None)) is not None:
             flag.set()
+        if (model := ls.models.loaded) is not None:
+            # On the engine's own thread, after any generation still running: never wait here.
+            ls.engine_worker.submit(model.engine.reset, params.text_document.uri)
