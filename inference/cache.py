@@ -55,6 +55,8 @@ class ModelManifest:
     model_sha256: str = ""
     # (relative path, size, mtime_ns) of the source files: lets a cache hit skip re-hashing a large source.
     source_fingerprint: list[list] = field(default_factory=list)
+    # The conversion recipe (builder options) it was made with; manifests from before recipes read as 1.
+    recipe: int = 1
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, ensure_ascii=False) + "\n"

@@ -39,6 +39,11 @@ from ghostls.inference.fim import detect_template, tokens_of_tokenizer_json
 PRECISIONS = ("int4", "int8", "fp16", "fp32")
 EXECUTION_PROVIDERS = ("cpu", "cuda")
 STAGES = ("reading GGUF", "writing safetensors", "building ONNX", "finalizing")
+# Options for onnxruntime-genai's builder. prune_lm_head computes logits for the last position only: a
+# completion never needs the others, and the LM head over every prompt token is a fifth of a small
+# model's prefill. RECIPE names this set: bump it when they change, and cached models are converted again.
+BUILDER_OPTIONS = ("prune_lm_head=true",)
+RECIPE = 2
 # Files of a Hugging Face checkpoint the converter may read: weights, configs, tokenizer data. Everything else
 # (pickled weights, remote-code *.py, READMEs) stays out of the folder the builder sees.
 _CHECKPOINT_SUFFIXES = (".json", ".safetensors", ".txt", ".model", ".jinja")
@@ -137,6 +142,8 @@ def _is_cached(dest: Path, source: _Source, precision: str, execution_provider: 
         return False
     if manifest.precision != precision or manifest.execution_provider != execution_provider:
         return False
+    if manifest.recipe != RECIPE:
+        return False  # made with older builder options: convert again
     if manifest.source_fingerprint != source.fingerprint() and manifest.source_sha256 != source.sha256():
         return False
     try:
@@ -231,7 +238,7 @@ def _build_onnx(checkpoint: Path, out: Path, precision: str, provider: str, tmp:
     cmd = [
         sys.executable, "-m", "onnxruntime_genai.models.builder",
         "-i", str(checkpoint), "-o", str(out), "-p", precision, "-e", provider,
-        "-c", str(tmp / "builder-cache"), "--extra_options", "hf_token=false",
+        "-c", str(tmp / "builder-cache"), "--extra_options", "hf_token=false", *BUILDER_OPTIONS,
     ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TQDM_DISABLE": "1"}
     with open(log_path, "wb") as log:
@@ -292,6 +299,7 @@ def _write_manifest(
         file_sizes=sizes,
         model_sha256=sha256_file(built / MODEL_FILE),
         source_fingerprint=fingerprint,
+        recipe=RECIPE,
     )
     (built / MANIFEST_NAME).write_text(manifest.to_json(), encoding="utf-8")
     return manifest

@@ -20,7 +20,7 @@ from ghostls.inference.cache import (
     read_manifest,
     validate_model_dir,
 )
-from ghostls.inference.convert import _Source, convert, convert_in_subprocess, model_folder_name
+from ghostls.inference.convert import RECIPE, _Source, convert, convert_in_subprocess, model_folder_name
 from ghostls.inference.fim import template_by_name
 
 # Each conversion costs about 10 s; these three cover ASCII, non-ASCII (full-width) and no FIM tokens.
@@ -257,3 +257,24 @@ def test_cuda_target_converts_on_a_cpu_machine(tiny_checkpoints, tmp_path) -> No
     assert (manifest.precision, manifest.execution_provider) == ("fp16", "cuda")
     genai = json.loads((out / "genai_config.json").read_text())
     assert "cuda" in json.dumps(genai["model"]["decoder"]["session_options"]["provider_options"]).lower()
+
+
+def test_converted_model_computes_last_position_logits_only(tiny_model: Callable[[str], Path]) -> None:
+    import onnx
+
+    graph = onnx.load(str(tiny_model("starcoder") / "model.onnx"), load_external_data=False).graph
+    logits = next(o for o in graph.output if o.name == "logits")
+    dims = [d.dim_value or d.dim_param for d in logits.type.tensor_type.shape.dim]
+    # [batch, 1, vocab] with a pruned LM head; [batch, sequence, vocab] without.
+    assert dims[1] == 1, dims
+
+
+def test_model_from_an_older_recipe_is_converted_again(tiny_checkpoints, tmp_path: Path) -> None:
+    out_root = tmp_path / "models"
+    model_dir = convert(tiny_checkpoints["qwen"], out_root=out_root)
+    manifest = json.loads((model_dir / "ghostls-manifest.json").read_text())
+    assert manifest["recipe"] == RECIPE
+    del manifest["recipe"]  # as written before recipes existed
+    (model_dir / "ghostls-manifest.json").write_text(json.dumps(manifest))
+    again = convert(tiny_checkpoints["qwen"], out_root=out_root)
+    assert again == model_dir and read_manifest(again).recipe == RECIPE
