@@ -71,6 +71,12 @@ def _parser() -> argparse.ArgumentParser:
     info = model_sub.add_parser("info", help="show a converted model's manifest")
     info.add_argument("model", help="model name (from `model list`) or folder")
     info.set_defaults(func=_model_info)
+
+    bench = sub.add_parser("bench", help="measure ghostls's engine beside llama.cpp and transformers")
+    from ghostls.bench import engines as bench_engines
+
+    bench_engines.add_arguments(bench)
+    bench.set_defaults(func=bench_engines.run_from_args)
     return parser
 
 

@@ -1,0 +1,1 @@
+"""Benchmarks: `ghostls bench` (engines.py) and the scripts beside it, runnable as files too."""

@@ -1,0 +1,60 @@
+"""`ghostls bench`: the smoke run CI affords, with every engine real (ONNX, llama.cpp, transformers)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from tokenizers import Tokenizer
+
+from ghostls.bench.engines import agreement, load_prompts
+
+pytestmark = pytest.mark.embedded
+
+
+def test_agreement_counts_leading_equal_tokens():
+    assert agreement([1, 2, 3, 4], [1, 2, 9, 4]) == 2
+    assert agreement([], [1]) == 0
+    assert agreement([5, 6], [5, 6, 7]) == 2
+
+
+def test_prompts_are_real_files_cut_at_the_requested_size(embedded_model_dir):
+    tokenizer = Tokenizer.from_file(str(embedded_model_dir / "tokenizer.json"))
+    prompts = load_prompts(tokenizer, [300, 1000], per_size=2)
+    for size, chosen in prompts.items():
+        assert len(chosen) == 2
+        for prompt in chosen:
+            count = len(tokenizer.encode(prompt["text"]).ids)
+            assert abs(count - size) <= 2, (prompt["file"], count)
+            assert prompt["next"]  # the file goes on: the keystroke scenario types it
+
+
+def test_smoke_run_measures_every_engine_on_the_same_prompts(embedded_model_dir):
+    proc = subprocess.run(
+        [sys.executable, "-m", "ghostls.cli.main", "bench", "--smoke", "--json", "--model", str(embedded_model_dir)],
+        capture_output=True, text=True, timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout)
+    assert report["unavailable"] == {}
+    assert set(report["engines"]) == {"ghostls", "llamacpp", "transformers"}
+    for name, engine in report["engines"].items():
+        assert engine["load_s"] > 0 and engine["model_bytes"] > 10 * 2**20, name
+        assert engine["peak_rss_bytes"] > engine["model_bytes"] / 4, name
+        for size, row in engine["by_size"].items():
+            assert row["ttft_s_p50"] > 0 and row["total_s_p50"] >= row["ttft_s_p50"], (name, size)
+            assert 0 <= row["agree_mean"] <= row["new_tokens_mean"], (name, size)
+        keystroke = engine["keystroke"]
+        assert keystroke["cold_ttft_s"] > 0 and keystroke["char_ttft_s"] > 0 and keystroke["line_ttft_s"] > 0
+        assert engine["typing"]["completed"] >= 1
+        assert engine["typing"]["last_keystroke_to_completion_s"] > 0
+    # The float32 reference agrees with itself on every token: the comparison is real.
+    reference = report["engines"]["transformers"]["by_size"]
+    assert all(row["agree_mean"] == row["new_tokens_mean"] for row in reference.values())
+    # ghostls reuses its cache on a keystroke: a warm first token is faster than a cold one.
+    ghostls = report["engines"]["ghostls"]["keystroke"]
+    assert ghostls["char_ttft_s"] < ghostls["cold_ttft_s"]
+    assert set(report["ratios"]) >= {"total_p50_vs_llamacpp", "total_p50_vs_transformers",
+                                     "keystroke_char_ttft_vs_cold"}
