@@ -58,3 +58,21 @@ def test_smoke_run_measures_every_engine_on_the_same_prompts(embedded_model_dir)
     assert ghostls["char_ttft_s"] < ghostls["cold_ttft_s"]
     assert set(report["ratios"]) >= {"total_p50_vs_llamacpp", "total_p50_vs_transformers",
                                      "keystroke_char_ttft_vs_cold"}
+
+
+def test_gpu_check_dry_runs_on_the_cpu(tmp_path):
+    """bench/gpu_check.sh must be known to work before GPU minutes are spent: here it runs on the CPU."""
+    import pathlib
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    proc = subprocess.run(["bash", str(root / "bench" / "gpu_check.sh"), "--provider", "cpu", "--precisions", "int4",
+                           "--runs", "1", "--prompt-tokens", "200", "--work", str(tmp_path / "work"),
+                           "--out", str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=600, env={**__import__("os").environ,
+                                                                             "PY": sys.executable})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
+    row = report["results"]["int4"]
+    assert report["provider"] == "cpu" and row["session_providers"] == ["CPUExecutionProvider"]
+    assert row["ttft_ms_p50"] > 0 and row["decode_tps_p50"] > 0
+    assert 0 < row["roofline_fraction"] < 1.5  # a measured copy bounds what decoding can read

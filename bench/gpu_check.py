@@ -1,0 +1,193 @@
+"""The GPU check: is CUDA really the provider running, and how close does decoding come to the roofline?
+
+Builds a Qwen2-architecture checkpoint with random weights from a config (weights do not change speed),
+converts it with onnxruntime-genai's builder exactly as ghostls's converter does, then measures time to
+first token for 1,000-token prompts, 16-token completions, and decode tokens/s. The roofline is the
+memory-bandwidth limit of decoding: every new token reads every weight once, so
+tokens/s ≤ bandwidth / weight bytes. Without a GPU it runs the same steps on the CPU with a small config,
+so the script is known to work before GPU minutes are spent.
+
+    bench/gpu_check.sh [--size small|1.5b] [--precisions int4,fp16] [--out DIR]
+
+Exit status 1 when CUDA was asked for (or a GPU is present) but a session does not really run on it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+# Qwen2.5-1.5B's shapes (the issue's GPU target); "small" keeps the CPU dry run to seconds.
+CONFIGS = {
+    "1.5b": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
+                 num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True),
+    "small": dict(hidden_size=256, intermediate_size=768, num_hidden_layers=4, num_attention_heads=4,
+                  num_key_value_heads=2, vocab_size=8192, tie_word_embeddings=True),
+}
+# Peak memory bandwidth by card name fragment, GB/s (vendor figures).
+BANDWIDTH_GBS = {"H200": 4800.0, "H100 NVL": 3900.0, "H100": 3350.0, "A100": 2039.0, "L4": 300.0}
+
+
+def has_gpu() -> bool:
+    return any(Path("/dev").glob("nvidia[0-9]*"))
+
+
+def build_checkpoint(size: str, out: Path) -> Path:
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    if (out / "config.json").is_file():
+        return out
+    config = Qwen2Config(**CONFIGS[size], max_position_embeddings=4096, rope_theta=1e6, torch_dtype="float16")
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(config).to(torch.float16)
+    model.save_pretrained(out, safe_serialization=True)
+    return out
+
+
+def build_onnx(checkpoint: Path, out: Path, precision: str, provider: str) -> Path:
+    try:
+        from ghostls.inference.convert import BUILDER_OPTIONS
+    except ImportError:  # the GPU machine runs this file from a bare copy of the tree, ghostls not installed
+        BUILDER_OPTIONS = ("prune_lm_head=true",)
+
+    if (out / "genai_config.json").is_file():
+        return out
+    cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(checkpoint), "-o", str(out),
+           "-p", precision, "-e", provider, "-c", str(out.parent / f"cache-{out.name}"),
+           "--extra_options", "hf_token=false", *BUILDER_OPTIONS]
+    log = out.parent / f"{out.name}.log"
+    with open(log, "wb") as f:
+        rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"}).returncode
+    if rc != 0:
+        raise SystemExit(f"builder failed for {precision}/{provider}; see {log}")
+    return out
+
+
+def session_providers(model_dir: Path, provider: str) -> list[str]:
+    """The providers an ONNX Runtime session on this model really got (a silent CPU fallback shows here)."""
+    import onnxruntime as ort
+
+    if hasattr(ort, "preload_dlls") and provider == "cuda":
+        ort.preload_dlls()
+    wanted = ["CUDAExecutionProvider", "CPUExecutionProvider"] if provider == "cuda" else ["CPUExecutionProvider"]
+    session = ort.InferenceSession(str(model_dir / "model.onnx"), providers=wanted)
+    return session.get_providers()
+
+
+def measure(model_dir: Path, provider: str, prompt_tokens: int, new_tokens: int, runs: int) -> dict:
+    import numpy as np
+    import onnxruntime_genai as og
+
+    config = og.Config(str(model_dir))
+    config.clear_providers()
+    if provider == "cuda":
+        config.append_provider("cuda")
+    else:
+        config.overlay(json.dumps({"model": {"decoder": {"session_options": {
+            "intra_op_num_threads": len(os.sched_getaffinity(0))}}}}))
+    model = og.Model(config)
+    vocab = json.loads((model_dir / "genai_config.json").read_text())["model"]["vocab_size"]
+    rng = np.random.default_rng(0)
+    ttft, total, decode = [], [], []
+    for run in range(runs + 1):  # the first run warms up (kernels, allocations) and is not counted
+        ids = rng.integers(10, vocab - 10, size=prompt_tokens).tolist()
+        params = og.GeneratorParams(model)
+        params.set_search_options(do_sample=False, max_length=prompt_tokens + new_tokens + 1)
+        generator = og.Generator(model, params)
+        started = time.perf_counter()
+        generator.append_tokens(ids)
+        generator.generate_next_token()
+        first = time.perf_counter()
+        for _ in range(new_tokens - 1):
+            generator.generate_next_token()
+        end = time.perf_counter()
+        if run:
+            ttft.append(first - started)
+            total.append(end - started)
+            decode.append((new_tokens - 1) / (end - first))
+    weights = sum(f.stat().st_size for f in model_dir.iterdir() if f.name.startswith("model.onnx"))
+    return {"ttft_ms_p50": 1000 * statistics.median(ttft), "total_ms_p50": 1000 * statistics.median(total),
+            "decode_tps_p50": statistics.median(decode), "weight_bytes": weights}
+
+
+def bandwidth_gbs(provider: str) -> tuple[float, str]:
+    """The memory bandwidth decoding is bounded by: the card's figure, or a measured copy on the CPU."""
+    if provider == "cuda":
+        name = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
+                              text=True).stdout.strip()
+        for fragment, gbs in BANDWIDTH_GBS.items():
+            if fragment in name:
+                return gbs, name
+        return float("nan"), name or "unknown GPU"
+    import numpy as np
+
+    a = np.ones(64 * 2**20, dtype=np.float64)  # 512 MiB: far past every cache
+    b = np.empty_like(a)
+    best = min(_timed(lambda: np.copyto(b, a)) for _ in range(5))
+    return 2 * a.nbytes / best / 1e9, "CPU (measured copy, read + write)"
+
+
+def _timed(fn) -> float:
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", choices=sorted(CONFIGS), help="default: 1.5b on a GPU, small on the CPU")
+    parser.add_argument("--provider", choices=["auto", "cuda", "cpu"], default="auto")
+    parser.add_argument("--precisions", default=None, help="default: int4,fp16 on CUDA, int4,int8 on the CPU")
+    parser.add_argument("--prompt-tokens", type=int, default=1000)
+    parser.add_argument("--new-tokens", type=int, default=16)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--work", default=os.environ.get("GPU_CHECK_WORK", "/tmp/ghostls-gpu-check"))
+    parser.add_argument("--out", default=os.environ.get("OUT", "."), help="where gpu_check.json is written")
+    args = parser.parse_args(argv)
+
+    provider = args.provider if args.provider != "auto" else ("cuda" if has_gpu() else "cpu")
+    size = args.size or ("1.5b" if provider == "cuda" else "small")
+    precisions = (args.precisions or ("int4,fp16" if provider == "cuda" else "int4,int8")).split(",")
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    checkpoint = build_checkpoint(size, work / f"qwen2-{size}-hf")
+    gbs, device = bandwidth_gbs(provider)
+    report = {"device": device, "provider": provider, "size": size, "bandwidth_gbs": gbs, "results": {}}
+    failed = False
+    for precision in precisions:
+        model_dir = build_onnx(checkpoint, work / f"qwen2-{size}-{precision}-{provider}", precision, provider)
+        providers = session_providers(model_dir, provider)
+        really = "CUDAExecutionProvider" in providers if provider == "cuda" else True
+        failed |= not really
+        row = {"session_providers": providers, "cuda_really_used": really if provider == "cuda" else None}
+        if really:
+            row.update(measure(model_dir, provider, args.prompt_tokens, args.new_tokens, args.runs))
+            roofline_tps = gbs * 1e9 / row["weight_bytes"]
+            row["roofline_tps"] = roofline_tps
+            row["roofline_fraction"] = row["decode_tps_p50"] / roofline_tps
+        report["results"][precision] = row
+        print(f"{precision}: " + ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}"
+                                           for k, v in row.items()), flush=True)
+    if provider == "cuda" or has_gpu():
+        report["targets"] = {"p50_under_25ms": {p: r.get("total_ms_p50", 1e9) < 25 for p, r in report["results"].items()},
+                             "decode_at_least_60pct_roofline": {p: r.get("roofline_fraction", 0) >= 0.6
+                                                                for p, r in report["results"].items()}}
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    (Path(args.out) / "gpu_check.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+    if failed:
+        print("FAIL: CUDA was asked for but the session runs on", providers, file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
