@@ -43,6 +43,11 @@ class GhostServer(LanguageServer):
         self.pending_warnings: list[str] = []
         # The last completion's explanation, for `ghostls/explain`.
         self.last_result = None
+        # Per document: the completion last shown, and the one speculated for after its acceptance.
+        self.shown: dict[str, list] = {}
+        # The cancel flag of the speculative generation running, if any: every real request sets it.
+        self.speculation: threading.Event | None = None
+        self.last_speculation: dict | None = None  # for `ghostls/explain`
 
     # -- positions -------------------------------------------------------------------------
     @property

@@ -102,7 +102,7 @@ class ModelHost:
             self._set(ModelStatus(ModelState.CONVERTING, "preparing the model"))
             model_dir = resolve_model_dir(settings, self._on_progress)
             self._set(ModelStatus(ModelState.LOADING, f"loading {model_dir.name}", model_dir.name))
-            engine = Engine(model_dir, provider=settings.provider)
+            engine = Engine(model_dir, provider=settings.provider, kv_budget_bytes=settings.kv_cache_mb * 2**20)
             template = _template_for(settings, engine)
             self._loaded = LoadedModel(engine, template)
             self._set(ModelStatus(ModelState.READY, f"{model_dir.name} ready in {engine.load_s:.2f}s",

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 
 from pygls.exceptions import JsonRpcContentModified, JsonRpcInvalidParams
 
 from ghostls.parsers.document import PositionError
 
+from ghostls.parsers.document import Document
+
 from .completer import CompletionResult, complete
+from .typeahead import ShownCompletion, accepted
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +37,15 @@ async def run_completion(ls, uri: str, line: int, character: int, invoked: bool)
         offset = snapshot.offset_at(line, character, ls.position_encoding)
     except PositionError as exc:
         raise JsonRpcInvalidParams(f"position {line}:{character} is outside {uri}: {exc}") from exc
+
+    # Typing through a completion already computed (or accepting it): the rest is the answer, at once.
+    for shown in ls.shown.get(uri, ()):
+        if (rest := shown.remainder(snapshot.text, offset)):
+            ls.release(uri, ls.supersede(uri))  # anything still generating for this document is stale now
+            return _explained(ls, CompletionResult(rest, "typed through a completion already computed",
+                                                   shown.multiline))
+    if ls.speculation is not None:
+        ls.speculation.set()  # a request for the model comes first: the speculation stops within a token
 
     cancelled = ls.supersede(uri)
     try:
@@ -63,7 +76,43 @@ async def run_completion(ls, uri: str, line: int, character: int, invoked: bool)
     log.info("completion %s v%s: %d chars, %s, prompt %d tokens (%d reused), %s", uri.rsplit("/", 1)[-1],
              snapshot.version, len(result.text), result.reason, result.prompt_tokens, result.reused_tokens,
              result.timings_ms)
+    if result.text:
+        shown = ShownCompletion(snapshot.text, offset, result.text, result.multiline)
+        ls.shown[uri] = [shown]
+        if settings.speculate:
+            asyncio.ensure_future(_speculate(ls, uri, snapshot, shown, model, settings))
     return _explained(ls, result)
+
+
+async def _speculate(ls, uri: str, snapshot, shown: ShownCompletion, model, settings) -> None:
+    """Computes the completion that follows accepting `shown`, if the engine has nothing else to do."""
+    if ls.speculation is not None:
+        ls.speculation.set()
+    flag = ls.speculation = threading.Event()
+    text, offset = accepted(shown)
+    language_id = snapshot.language.language_ids[0] if snapshot.language.language_ids else None
+
+    def job() -> CompletionResult | None:
+        if flag.is_set():
+            return None  # a real request arrived while this one waited for the engine
+        after = Document(uri, language_id, snapshot.version, text).snapshot()
+        return complete(model, after, offset, settings, flag.is_set)
+
+    try:
+        result = await asyncio.get_running_loop().run_in_executor(ls.engine_worker, job)
+    except Exception:  # a speculation is only ever a bonus; a failure here must cost nothing
+        log.debug("speculative completion for %s failed", uri, exc_info=True)
+        return
+    finally:
+        if ls.speculation is flag:
+            ls.speculation = None
+    log.debug("speculative completion for %s: %s", uri.rsplit("/", 1)[-1],
+              "not run" if result is None else f"{len(result.text)} chars, {result.reason}")
+    ls.last_speculation = {"uri": uri, "chars": len(result.text) if result else 0,
+                           "reason": result.reason if result else "not run: the engine had a request to serve"}
+    current = ls.shown.get(uri)
+    if result is not None and result.text and result.reason != "cancelled" and current and current[0] is shown:
+        current.append(ShownCompletion(text, offset, result.text, result.multiline))
 
 
 def _explained(ls, result: CompletionResult) -> CompletionResult:

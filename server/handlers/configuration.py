@@ -18,3 +18,5 @@ def register(server) -> None:
             ls.warn_once(warning)
         if any(getattr(old, key) != getattr(ls.settings, key) for key in _MODEL_KEYS):
             ls.start_model()
+        elif (model := ls.models.loaded) is not None:
+            model.engine.kv_budget_bytes = ls.settings.kv_cache_mb * 2**20  # applies at the next new cache

@@ -16,4 +16,8 @@ def register(server) -> None:
             last["chars"] = len(result.text)
         return {"model": {"state": status.state.value, "detail": status.detail, "model": status.model,
                           "provider": status.provider, "template": status.template},
-                "last": last}
+                "last": last,
+                # Per open document, how many completions wait for typing through or acceptance (0 to 2).
+                "precomputed": [{"uri": uri, "count": len(shown)} for uri, shown in ls.shown.items()],
+                "speculating": ls.speculation is not None,
+                "last_speculation": ls.last_speculation}

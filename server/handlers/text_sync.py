@@ -47,6 +47,7 @@ def register(server) -> None:
     @server.feature(types.TEXT_DOCUMENT_DID_CLOSE)
     def did_close(ls, params: types.DidCloseTextDocumentParams) -> None:
         ls.documents.pop(params.text_document.uri, None)
+        ls.shown.pop(params.text_document.uri, None)
         if (flag := ls.inflight.pop(params.text_document.uri, None)) is not None:
             flag.set()
         if (model := ls.models.loaded) is not None:

@@ -1,0 +1,108 @@
+"""Typing through and accepting a shown completion: answered from what was computed, not by the model."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+
+import pytest
+import pytest_lsp
+from lsprotocol import types
+from pytest_lsp import ClientServerConfig, LanguageClient, client_capabilities
+
+from ghostls.server.typeahead import ShownCompletion, accepted
+
+SERVER = [sys.executable, "-m", "ghostls.cli.main", "serve", "--stdio", "--log-level", "debug"]
+DOC = "def area(width, height):\n    return \n\nprint(area(2, 3))\n"
+CURSOR = DOC.index("return ") + len("return ")
+
+
+def test_remainder_after_typing_a_prefix_of_the_completion():
+    shown = ShownCompletion(DOC, CURSOR, "width * height", multiline=False)
+    typed = DOC[:CURSOR] + "wid" + DOC[CURSOR:]
+    assert shown.remainder(typed, CURSOR + 3) == "th * height"
+    assert shown.remainder(DOC, CURSOR) == "width * height"  # the same state asked again
+
+
+@pytest.mark.parametrize("text, offset", [
+    (DOC[:CURSOR] + "x" + DOC[CURSOR:], CURSOR + 1),                       # typed something else
+    (DOC[:CURSOR] + "width * height" + DOC[CURSOR:], CURSOR + 14),         # typed all of it: ask the model
+    (DOC[:CURSOR] + "w" + DOC[CURSOR:].replace("print", "prin"), CURSOR + 1),  # and edited elsewhere
+    ("#" + DOC[:CURSOR] + "w" + DOC[CURSOR:], CURSOR + 2),                 # an edit before the cursor
+    (DOC, CURSOR - 1),                                                     # the cursor moved back
+])
+def test_no_remainder_when_the_document_went_another_way(text, offset):
+    assert ShownCompletion(DOC, CURSOR, "width * height", multiline=False).remainder(text, offset) is None
+
+
+def test_accepting_inserts_the_completion_at_the_cursor():
+    text, offset = accepted(ShownCompletion(DOC, CURSOR, "width * height", multiline=False))
+    assert text == DOC.replace("return \n", "return width * height\n") and text[offset:] == DOC[CURSOR:]
+
+
+@pytest_lsp.fixture(config=ClientServerConfig(server_command=SERVER))
+async def client(lsp_client: LanguageClient, embedded_model_dir):
+    params = types.InitializeParams(
+        capabilities=client_capabilities("visual-studio-code"),
+        initialization_options={"model": str(embedded_model_dir), "loadWaitMs": 120_000, "debounceMs": 0,
+                                "maxNewTokens": 24, "timeBudgetMs": 30_000})
+    lsp_client.initialize_result = await lsp_client.initialize_session(params)
+    yield
+    await lsp_client.shutdown_session()
+
+
+async def _inline(client, uri, position):
+    return await client.text_document_inline_completion_async(types.InlineCompletionParams(
+        context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Automatic),
+        text_document=types.TextDocumentIdentifier(uri), position=position))
+
+
+def _insert(client, uri, version, position, text):
+    client.text_document_did_change(types.DidChangeTextDocumentParams(
+        text_document=types.VersionedTextDocumentIdentifier(uri=uri, version=version),
+        content_changes=[types.TextDocumentContentChangePartial(range=types.Range(position, position), text=text)]))
+
+
+async def _explain(client):
+    return await client.protocol.send_request_async("ghostls/explain", None)
+
+
+@pytest.mark.embedded
+async def test_typing_through_and_accepting_need_no_model(client: LanguageClient):
+    uri = "file:///work/area.py"
+    client.text_document_did_open(types.DidOpenTextDocumentParams(
+        types.TextDocumentItem(uri=uri, language_id="python", version=1, text=DOC)))
+    first = await _inline(client, uri, types.Position(1, 11))
+    assert first.items, "the embedded model completes `return ` in a two-argument function"
+    shown = first.items[0].insert_text
+    assert len(shown) >= 2
+
+    # Type the completion's first character: the rest comes back at once, from what was computed.
+    _insert(client, uri, 2, types.Position(1, 11), shown[0])
+    started = time.perf_counter()
+    typed = await _inline(client, uri, types.Position(1, 12))
+    assert [item.insert_text for item in typed.items] == [shown[1:]]
+    assert typed.items[0].range.start == types.Position(1, 12)
+    assert (await _explain(client)).last.reason == "typed through a completion already computed"
+    assert time.perf_counter() - started < 1.0  # no prefill, no decode: just the round trip
+
+    # Meanwhile the completion after accepting it is speculated; accept it and ask.
+    for _ in range(600):
+        state = await _explain(client)
+        if not state.speculating and state.last_speculation and state.last_speculation.uri == uri:
+            break
+        await asyncio.sleep(0.1)
+    else:
+        pytest.fail(f"no speculative completion ran: {state}")
+    speculated = state.last_speculation
+    _insert(client, uri, 3, types.Position(1, 12), shown[1:])
+    lines = (DOC[:CURSOR] + shown + DOC[CURSOR:])[:CURSOR + len(shown)].split("\n")
+    after = await _inline(client, uri, types.Position(len(lines) - 1, len(lines[-1])))
+    reason = (await _explain(client)).last.reason
+    if speculated.chars:
+        assert reason == "typed through a completion already computed"
+        assert [len(item.insert_text) for item in after.items] == [speculated.chars]
+    else:  # the model had nothing to add after the accepted text: nothing was kept, the model is asked
+        assert speculated.reason.startswith(("single line", "multi", "empty")), speculated
+        assert reason != "typed through a completion already computed" and not after.items
