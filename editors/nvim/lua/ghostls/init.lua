@@ -1,0 +1,133 @@
+--- ghostls for Neovim: starts `ghostls serve --stdio` through vim.lsp.config/vim.lsp.enable and shows its
+--- ghost text, through Neovim's vim.lsp.inline_completion (0.12+) or ghostls' own extmarks (0.11).
+--- Owns setup, the keymaps and the model status; never sends anything but LSP to the server.
+
+local config_mod = require('ghostls.config')
+
+local M = {}
+
+--- The resolved options (nil until setup()).
+M.config = nil
+--- Model status per client id, from the server's `ghostls/status` notification:
+--- { state = 'converting'|'loading'|'ready'|'error'|..., detail, model, provider, template }.
+M.status = {}
+
+local function backend()
+  return M.path == 'native' and require('ghostls.native') or require('ghostls.ghost')
+end
+
+--- Which ghost-text path this setup uses: 'native' or 'extmark'.
+local function choose_path(wanted)
+  local native_ok = require('ghostls.native').available()
+  if wanted == 'extmark' then
+    return 'extmark'
+  end
+  if wanted == 'native' and not native_ok then
+    vim.notify('ghostls: vim.lsp.inline_completion needs Neovim 0.12; drawing ghost text with extmarks',
+      vim.log.levels.WARN)
+    return 'extmark'
+  end
+  return native_ok and 'native' or 'extmark'
+end
+
+--- An insert-mode key that acts on the suggestion, or does what the key did before when none is shown.
+local function map(bufnr, lhs, action, desc)
+  if not lhs then
+    return
+  end
+  vim.keymap.set('i', lhs, function()
+    if not action() then
+      vim.api.nvim_feedkeys(vim.keycode(lhs), 'n', false)
+    end
+  end, { buffer = bufnr, desc = 'ghostls: ' .. desc })
+end
+
+local function set_keymaps(bufnr)
+  local keys, b = M.config.keymaps, backend()
+  map(bufnr, keys.accept, function() return b.accept(bufnr, 'all') end, 'accept the suggestion')
+  map(bufnr, keys.accept_word, function() return b.accept(bufnr, 'word') end, 'accept the next word')
+  map(bufnr, keys.accept_line, function() return b.accept(bufnr, 'line') end, 'accept the next line')
+  map(bufnr, keys.dismiss, function() return b.dismiss(bufnr) end, 'dismiss the suggestion')
+  map(bufnr, keys.next, function() return b.select(bufnr, 1, M.config) end, 'next suggestion')
+  map(bufnr, keys.previous, function() return b.select(bufnr, -1, M.config) end, 'previous suggestion')
+end
+
+local function on_attach(client, bufnr)
+  backend().attach(bufnr, client, M.config)
+  set_keymaps(bufnr)
+end
+
+--- Sets ghostls up; see `require('ghostls.config').defaults` (and the README) for every option.
+---@param opts table?
+function M.setup(opts)
+  if vim.fn.has('nvim-0.11') == 0 then
+    vim.notify('ghostls needs Neovim 0.11 or newer (vim.lsp.config)', vim.log.levels.ERROR)
+    return
+  end
+  M.config = config_mod.resolve(opts)
+  M.path = choose_path(M.config.ghost_text)
+  vim.api.nvim_set_hl(0, 'GhostlsSuggestion', { link = 'Comment', default = true })
+
+  local settings = vim.deepcopy(M.config.settings)
+  vim.lsp.config('ghostls', {
+    cmd = M.config.cmd,
+    filetypes = config_mod.enabled_filetypes(M.config),
+    root_markers = M.config.root_markers,
+    init_options = settings,
+    settings = { ghostls = settings },
+    on_attach = on_attach,
+    handlers = {
+      ['ghostls/status'] = function(_, result, ctx)
+        M.status[ctx.client_id] = result
+      end,
+    },
+  })
+  vim.lsp.enable('ghostls')
+
+  vim.api.nvim_create_user_command('Ghostls', function(args)
+    M.command(args.fargs[1] or 'status')
+  end, {
+    nargs = '?',
+    complete = function()
+      return { 'status', 'toggle', 'explain' }
+    end,
+    desc = 'ghostls: status | toggle | explain',
+  })
+end
+
+--- The suggestion shown in `bufnr` (default: current), or nil: the same on both paths.
+function M.suggestion(bufnr)
+  return backend().current(bufnr or vim.api.nvim_get_current_buf())
+end
+
+local function clients(bufnr)
+  return vim.lsp.get_clients({ name = 'ghostls', bufnr = bufnr })
+end
+
+--- `:Ghostls status|toggle|explain`.
+function M.command(name)
+  local bufnr = vim.api.nvim_get_current_buf()
+  if name == 'toggle' then
+    local b = backend()
+    b.set_enabled(bufnr, not b.is_enabled(bufnr))
+    vim.notify('ghostls: ' .. (b.is_enabled(bufnr) and 'on' or 'off') .. ' in this buffer')
+  elseif name == 'explain' then
+    local client = clients(bufnr)[1]
+    if not client then
+      return vim.notify('ghostls: no server attached to this buffer', vim.log.levels.WARN)
+    end
+    client:request('ghostls/explain', nil, function(err, result)
+      vim.notify(err and ('ghostls: ' .. err.message) or vim.inspect(result))
+    end, bufnr)
+  else
+    local lines = {}
+    for _, client in ipairs(clients()) do
+      local status = M.status[client.id] or {}
+      lines[#lines + 1] = ('ghostls (%s path): %s %s'):format(M.path, status.state or 'starting',
+        status.detail or '')
+    end
+    vim.notify(#lines > 0 and table.concat(lines, '\n') or 'ghostls: not running')
+  end
+end
+
+return M
