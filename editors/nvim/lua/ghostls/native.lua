@@ -16,8 +16,9 @@ function M.available()
 end
 
 function M.attach(bufnr, client)
-  -- bufnr and client_id are exclusive filters: enabling for the client covers each buffer it attaches.
-  inline().enable(true, { client_id = client.id })
+  -- Per buffer (the filter takes a buffer or a client, not both): then `is_enabled({ bufnr })` is true
+  -- and :Ghostls toggle can turn it off and on again.
+  inline().enable(true, { bufnr = bufnr })
 end
 
 function M.set_enabled(bufnr, enabled)
