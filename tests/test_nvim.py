@@ -242,7 +242,7 @@ def test_toggle_stops_and_restarts_suggestions(editor: Editor):
                       ".is_enabled(0)") is False
     editor.nvim.api.win_set_cursor(0, [ROW + 1, 0])
     editor.nvim.input("A")
-    time.sleep(3)  # a suggestion takes about a second here; none may come
+    time.sleep(2)  # a suggestion takes about a second here; none may come
     assert editor.ghost() is None
     editor.nvim.input("<Esc>")
     editor.nvim.command("Ghostls toggle")

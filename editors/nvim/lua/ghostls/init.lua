@@ -42,14 +42,23 @@ local function map(bufnr, lhs, action, desc)
   end, { buffer = bufnr, desc = 'ghostls: ' .. desc })
 end
 
+-- The actions behind the keymaps, for your own mappings (e.g. one <Tab> shared with a completion menu).
+-- Each acts on the current buffer and returns false when there was no suggestion to act on.
+function M.accept() return backend().accept(vim.api.nvim_get_current_buf(), 'all') end
+function M.accept_word() return backend().accept(vim.api.nvim_get_current_buf(), 'word') end
+function M.accept_line() return backend().accept(vim.api.nvim_get_current_buf(), 'line') end
+function M.dismiss() return backend().dismiss(vim.api.nvim_get_current_buf()) end
+function M.next() return backend().select(vim.api.nvim_get_current_buf(), 1, M.config) end
+function M.previous() return backend().select(vim.api.nvim_get_current_buf(), -1, M.config) end
+
 local function set_keymaps(bufnr)
-  local keys, b = M.config.keymaps, backend()
-  map(bufnr, keys.accept, function() return b.accept(bufnr, 'all') end, 'accept the suggestion')
-  map(bufnr, keys.accept_word, function() return b.accept(bufnr, 'word') end, 'accept the next word')
-  map(bufnr, keys.accept_line, function() return b.accept(bufnr, 'line') end, 'accept the next line')
-  map(bufnr, keys.dismiss, function() return b.dismiss(bufnr) end, 'dismiss the suggestion')
-  map(bufnr, keys.next, function() return b.select(bufnr, 1, M.config) end, 'next suggestion')
-  map(bufnr, keys.previous, function() return b.select(bufnr, -1, M.config) end, 'previous suggestion')
+  local keys = M.config.keymaps
+  map(bufnr, keys.accept, M.accept, 'accept the suggestion')
+  map(bufnr, keys.accept_word, M.accept_word, 'accept the next word')
+  map(bufnr, keys.accept_line, M.accept_line, 'accept the next line')
+  map(bufnr, keys.dismiss, M.dismiss, 'dismiss the suggestion')
+  map(bufnr, keys.next, M.next, 'next suggestion')
+  map(bufnr, keys.previous, M.previous, 'previous suggestion')
 end
 
 local function on_attach(client, bufnr)
