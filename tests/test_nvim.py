@@ -133,6 +133,8 @@ def start_editor(tmp_path: Path, model_dir: Path, binary: Path, ghost_text: str,
           debounce_ms = 20,
           settings = { model = model, loadWaitMs = 120000, debounceMs = 0 },
         })""", [str(GHOSTLS), "serve", "--stdio"], str(model_dir), ghost_text)
+    nvim.exec_lua("""vim.api.nvim_create_autocmd('User', { pattern = 'GhostlsStatus', callback = function(args)
+        vim.g.ghostls_last_state = args.data.state end })""")
     nvim.command(f"cd {tmp_path}")
     nvim.command("edit fib.py")
     editor = Editor(nvim, path, mode)
@@ -143,6 +145,7 @@ def start_editor(tmp_path: Path, model_dir: Path, binary: Path, ghost_text: str,
         local client = vim.lsp.get_clients({ name = 'ghostls' })[1]
         local status = require('ghostls').status[client.id]
         return status and status.state == 'ready'"""), 180, "the model to be ready")
+    assert nvim.vars["ghostls_last_state"] == "ready"  # statuslines hear it too
     return editor
 
 

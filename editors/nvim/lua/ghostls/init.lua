@@ -87,7 +87,14 @@ function M.setup(opts)
     on_attach = on_attach,
     handlers = {
       ['ghostls/status'] = function(_, result, ctx)
+        local before = M.status[ctx.client_id]
         M.status[ctx.client_id] = result
+        if result.state == 'converting' and not (before and before.state == 'converting') then
+          -- Only on first use of a model; the percentage comes as $/progress (see vim.lsp.status()).
+          vim.notify('ghostls: converting the model to ONNX (first use, about a minute)', vim.log.levels.INFO)
+        end
+        -- For statuslines: `autocmd User GhostlsStatus`, the status in the event's data.
+        vim.api.nvim_exec_autocmds('User', { pattern = 'GhostlsStatus', data = result, modeline = false })
       end,
     },
   })
