@@ -16,10 +16,12 @@ local INVOKED, AUTOMATIC = 1, 2
 local buffers = {}
 
 local function stop_timer(state)
-  if state.timer then
-    state.timer:stop()
-    state.timer:close()
-    state.timer = nil
+  local timer = state.timer
+  state.timer = nil
+  -- vim.defer_fn closes its timer once it fired: close only one that has not.
+  if timer and not timer:is_closing() then
+    timer:stop()
+    timer:close()
   end
 end
 
