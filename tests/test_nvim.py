@@ -34,6 +34,13 @@ SOURCE = '''def fibonacci(n):
 '''
 ROW, COL = 3, 8  # 0-based: the end of the indented empty line
 
+# Only a docstring: the model writes a body of several lines (for accept-line and virtual lines).
+LONG_SOURCE = '''def fibonacci(n):
+    """Return the n-th Fibonacci number."""
+    
+'''
+LONG_ROW, LONG_COL = 2, 4
+
 NAMESPACE = {"native": "nvim.lsp.inline_completion", "extmark": "ghostls"}
 
 pytestmark = pytest.mark.embedded
@@ -95,20 +102,20 @@ class Editor:
         rest = ["".join(chunk[0] for chunk in line) for line in details.get("virt_lines", [])]
         return "\n".join([first, *rest])
 
-    def reset(self) -> None:
+    def reset(self, source: str = SOURCE) -> None:
         """Back to normal mode and the original text, no suggestion."""
         self.nvim.input("<Esc>")
         wait_for(lambda: self.nvim.api.get_mode()["mode"] == "n", 10, "normal mode")
-        self.nvim.current.buffer[:] = SOURCE.rstrip("\n").split("\n")
+        self.nvim.current.buffer[:] = source.rstrip("\n").split("\n")
         wait_for(lambda: self.ghost() is None, 10, "no ghost text")
 
-    def show_ghost(self) -> str:
+    def show_ghost(self, source: str = SOURCE, row: int = ROW, col: int = COL) -> str:
         """Enters insert mode at the end of the empty indented line and waits for the ghost text."""
-        self.reset()
-        self.nvim.api.win_set_cursor(0, [ROW + 1, 0])
+        self.reset(source)
+        self.nvim.api.win_set_cursor(0, [row + 1, 0])
         self.nvim.input("A")
         wait_for(lambda: self.nvim.api.get_mode()["mode"] == "i", 10, "insert mode")
-        assert self.nvim.api.win_get_cursor(0) == [ROW + 1, COL]
+        assert self.nvim.api.win_get_cursor(0) == [row + 1, col]
         ghost = wait_for(self.ghost, 90, f"ghost text ({self.mode})")
         # The other path draws nothing: exactly one ghost-text implementation is active.
         other = "extmark" if self.mode == "native" else "native"
@@ -167,10 +174,10 @@ def editor(request, tmp_path_factory, embedded_model_dir):
     editor.nvim.close()
 
 
-def inserted(ghost: str) -> list[str]:
+def inserted(ghost: str, source: str = SOURCE, row: int = ROW, col: int = COL) -> list[str]:
     """The file once `ghost` is inserted at the cursor."""
-    lines = SOURCE.rstrip("\n").split("\n")
-    lines[ROW] = lines[ROW][:COL] + ghost + lines[ROW][COL:]
+    lines = source.rstrip("\n").split("\n")
+    lines[row] = lines[row][:col] + ghost + lines[row][col:]
     return "\n".join(lines).split("\n")
 
 
@@ -201,10 +208,19 @@ def test_accept_word_takes_the_next_word_only(editor: Editor):
 
 
 def test_accept_line_takes_the_first_line(editor: Editor):
-    ghost = editor.show_ghost()
-    line = ghost.split("\n")[0] + ("\n" if "\n" in ghost else "")
+    ghost = editor.show_ghost(LONG_SOURCE, LONG_ROW, LONG_COL)
+    assert "\n" in ghost, f"{ghost!r} is one line: the prompt no longer tests accept-line"
+    line = ghost.split("\n")[0] + "\n"
     editor.nvim.input("<M-C-Right>")
-    wait_for(lambda: editor.lines() == inserted(line), 10, f"the buffer to get {line!r}")
+    expected = inserted(line, LONG_SOURCE, LONG_ROW, LONG_COL)
+    wait_for(lambda: editor.lines() == expected, 10, f"the buffer to get {line!r}")
+    assert editor.nvim.api.win_get_cursor(0) == [LONG_ROW + 2, 0]  # at the start of the next line
+    if editor.mode == "extmark":
+        # The other lines stay a suggestion at the cursor, and <Tab> then takes them all.
+        assert editor.ghost() == ghost[len(line):]
+        editor.nvim.input("<Tab>")
+        whole = inserted(ghost, LONG_SOURCE, LONG_ROW, LONG_COL)
+        wait_for(lambda: editor.lines() == whole, 10, "the whole suggestion in the buffer")
 
 
 def test_dismiss_hides_without_editing(editor: Editor):
