@@ -1,4 +1,5 @@
-"""The `ghostls` command's own checks: argument errors, refusals and model inspection (exit codes 0/1/2)."""
+"""The `ghostls` command: argument errors, refusals, model inspection, `complete` on the embedded model (exit
+codes 0/1/2, --json, stdin, --max-lines) and the shell completion scripts run in real bash, zsh and fish."""
 
 from __future__ import annotations
 

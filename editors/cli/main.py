@@ -1,4 +1,4 @@
-"""The `ghostls` command: serve, complete, model.
+"""The `ghostls` command: serve, complete, model, completions.
 
 `complete` drives the real server over LSP (stdio), exactly as an editor does, so every run of it
 exercises the protocol path too. Exit codes: 0 a completion, 1 none, 2 an error.
