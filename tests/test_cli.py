@@ -1,10 +1,15 @@
-"""The `ghostls` command's own checks: argument errors, refusals and model inspection (exit codes 0/1/2)."""
+"""The `ghostls` command: argument errors, refusals, model inspection, `complete` on the embedded model (exit
+codes 0/1/2, --json, stdin, --max-lines) and the shell completion scripts run in real bash, zsh and fish."""
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
+
+import pytest
 
 GHOSTLS = [sys.executable, "-m", "ghostls.cli.main"]
 
@@ -75,3 +80,140 @@ def test_progress_bar_draws_lsp_progress_values(capsys):
     err = capsys.readouterr().err
     assert "[##########..........]  50% building ONNX" in err
     assert "ready" not in err
+
+
+# -- `complete` on the embedded model: the real server, as scripts use it ----------------------------
+FIB = '''def fibonacci(n):
+    """Return the n-th Fibonacci number."""
+    if n < 2:
+        
+    return fibonacci(n - 1) + fibonacci(n - 2)
+'''
+
+
+def complete_run(model_dir, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([*GHOSTLS, "complete", *args, "--model", str(model_dir)], input=stdin,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.embedded
+def test_complete_file_json_and_stdin_give_the_same_completion(tmp_path, embedded_model_dir):
+    source = tmp_path / "fib.py"
+    source.write_text(FIB)
+    from_file = complete_run(embedded_model_dir, f"{source}:4:9", "--json")
+    assert from_file.returncode == 0, from_file.stderr
+    answer = json.loads(from_file.stdout)
+    assert answer["text"].strip(), answer
+    # Inserted at the cursor: an empty range at the 1-based position asked for.
+    assert answer["range"] == {"start": {"line": 4, "col": 9}, "end": {"line": 4, "col": 9}}
+    assert answer["timings_ms"]["prefill"] > 0 and answer["timings_ms"]["decode"] > 0
+    assert answer["prompt_tokens"] > 0
+
+    # The same text from stdin, with --line/--col, printed plain for a script to use.
+    from_stdin = complete_run(embedded_model_dir, "-", "--line", "4", "--col", "9", "--language", "python",
+                              stdin=FIB)
+    assert from_stdin.returncode == 0, from_stdin.stderr
+    assert from_stdin.stdout == answer["text"] + "\n"
+
+
+@pytest.mark.embedded
+def test_complete_max_lines_caps_a_multi_line_completion(tmp_path, embedded_model_dir):
+    source = tmp_path / "fib.py"
+    source.write_text('def fibonacci(n):\n    """Return the n-th Fibonacci number."""\n    \n')
+    run = complete_run(embedded_model_dir, f"{source}:3:5", "--max-lines", "3", "--json")
+    assert run.returncode == 0, run.stderr
+    lines = json.loads(run.stdout)["text"].split("\n")
+    assert 1 < len(lines) <= 3, lines  # the model goes on for ~10 lines here without the cap
+
+
+@pytest.mark.embedded
+def test_complete_exits_1_when_there_is_no_completion(tmp_path, embedded_model_dir):
+    # After a finished statement at the end of the file the embedded model (greedy) offers nothing.
+    source = tmp_path / "done.py"
+    source.write_text('import os\nprint("done")\n')
+    run = complete_run(embedded_model_dir, f"{source}:2:14")
+    assert run.returncode == 1, (run.stdout, run.stderr)
+    assert run.stdout == ""
+    assert "no completion" in run.stderr
+
+
+def test_complete_from_stdin_needs_a_language():
+    result = subprocess.run([*GHOSTLS, "complete", "-:1:1"], input="x = 1\n", capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 2
+    assert "--language" in result.stderr
+
+
+# -- shell completion scripts ----------------------------------------------------------------------
+def completion_script(shell: str) -> str:
+    result = run("completions", shell)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_bash_completion_loads_and_completes(tmp_path):
+    script = tmp_path / "ghostls.bash"
+    script.write_text(completion_script("bash"))
+    # Real bash: load the script, check it is registered, and run it as readline would.
+    probe = f'''
+source {script}
+complete -p ghostls
+ask() {{ COMP_WORDS=("$@"); COMP_CWORD=$(( ${{#COMP_WORDS[@]}} - 1 )); COMPREPLY=(); _ghostls; echo "${{COMPREPLY[*]}}"; }}
+ask ghostls ""
+ask ghostls mo
+ask ghostls model ""
+ask ghostls serve --log-level ""
+ask ghostls complete --ma
+ask ghostls completions z
+'''
+    result = subprocess.run(["bash", "--norc", "--noprofile", "-c", probe], capture_output=True, text=True,
+                            timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[:7] == [
+        "complete -o default -F _ghostls ghostls",
+        "serve complete completions model",
+        "model",
+        "convert list info",
+        "error warning info debug",
+        "--max-lines",
+        "zsh",
+    ]
+
+
+@pytest.mark.skipif(not shutil.which("fish"), reason="fish is not installed (make installs it where apt-get runs)")
+def test_fish_completion_completes_subcommands_and_choices(tmp_path):
+    script = tmp_path / "ghostls.fish"
+    script.write_text(completion_script("fish"))
+    probe = (f"source {script}; complete -C 'ghostls mo'; echo ==; complete -C 'ghostls model '; echo ==; "
+             "complete -C 'ghostls model convert --precision '")
+    result = subprocess.run(["fish", "--no-config", "-c", probe], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    blocks = [[line.split("\t")[0] for line in block.strip().split("\n")] for block in result.stdout.split("==\n")]
+    assert blocks == [["model"], ["convert", "info", "list"], ["fp16", "fp32", "int4", "int8"]]
+
+
+@pytest.mark.skipif(not shutil.which("zsh"), reason="zsh is not installed (make installs it where apt-get runs)")
+def test_zsh_completion_registers_and_completes(tmp_path):
+    script = tmp_path / "_ghostls"
+    script.write_text(completion_script("zsh"))
+    # Real zsh and compinit register the script; then its function runs with the completion system's
+    # output calls (_describe, compadd, only available inside a completion widget) replaced by prints.
+    probe = f'''
+autoload -U compinit && compinit -u -d {tmp_path}/zcompdump
+source {script}
+print -r -- ${{_comps[ghostls]}}
+_describe() {{ local name=${{@[-1]}}; print -r -- "${{(j: :)${{(@)${{(P)name}}%%:*}}}}"; }}
+compadd() {{ shift; print -r -- "$*"; }}
+ask() {{ words=("$@"); CURRENT=${{#words}}; _ghostls; }}
+ask ghostls ""
+ask ghostls model ""
+ask ghostls serve --log-level ""
+ask ghostls complete --
+'''
+    result = subprocess.run(["zsh", "-f", "-c", probe], capture_output=True, text=True, timeout=30,
+                            env={**os.environ, "HOME": str(tmp_path)})
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.split("\n")
+    assert lines[:4] == ["_ghostls", "serve complete completions model", "convert list info",
+                         "error warning info debug"]
+    assert "--max-lines" in lines[4].split()

@@ -1,4 +1,4 @@
-"""The `ghostls` command: serve, complete, model.
+"""The `ghostls` command: serve, complete, model, completions.
 
 `complete` drives the real server over LSP (stdio), exactly as an editor does, so every run of it
 exercises the protocol path too. Exit codes: 0 a completion, 1 none, 2 an error.
@@ -43,11 +43,13 @@ def _parser() -> argparse.ArgumentParser:
     mode.add_argument("--tcp", type=int, metavar="PORT", help="listen for one LSP client on a TCP port (debugging)")
     serve.add_argument("--host", default="127.0.0.1", help="TCP address; only loopback addresses are allowed")
     serve.add_argument("--model", help="model folder, Hugging Face checkpoint or .gguf (default: embedded)")
-    serve.add_argument("--log-level", default="info", choices=["error", "warning", "info", "debug"])
+    serve.add_argument("--log-level", default="info", choices=["error", "warning", "info", "debug"],
+                       help="what the server logs to stderr")
     serve.set_defaults(func=_serve)
 
     complete = sub.add_parser("complete", help="complete one position of a file and print the ghost text")
-    complete.add_argument("target", help="FILE:LINE:COL (1-based; COL counts characters), or FILE with --line/--col")
+    complete.add_argument("target", help="FILE:LINE:COL (1-based; COL counts characters), or FILE with --line/--col; "
+                                         "FILE `-` reads stdin (then --language is needed)")
     complete.add_argument("--line", type=int, help="1-based line")
     complete.add_argument("--col", type=int, help="1-based column in characters")
     complete.add_argument("--language", help="LSP language id (default: from the file extension)")
@@ -58,12 +60,17 @@ def _parser() -> argparse.ArgumentParser:
                           help="seconds to wait, including a first-use model conversion")
     complete.set_defaults(func=_complete)
 
+    completions = sub.add_parser("completions", help="print a shell completion script (bash, zsh or fish)")
+    completions.add_argument("shell", choices=["bash", "zsh", "fish"])
+    completions.set_defaults(func=_completions)
+
     model = sub.add_parser("model", help="convert, list and inspect models")
     model_sub = model.add_subparsers(metavar="ACTION")
     convert = model_sub.add_parser("convert", help="convert a Hugging Face folder or a .gguf file to ONNX")
     convert.add_argument("source", nargs="?", help="checkpoint folder or .gguf file (default: the embedded model)")
-    convert.add_argument("--precision", default="int8", choices=["int8", "int4", "fp16", "fp32"])
-    convert.add_argument("--provider", default="cpu", choices=["cpu", "cuda"])
+    convert.add_argument("--precision", default="int8", choices=["int8", "int4", "fp16", "fp32"],
+                         help="weight precision of the ONNX model")
+    convert.add_argument("--provider", default="cpu", choices=["cpu", "cuda"], help="execution provider it is built for")
     convert.add_argument("--force", action="store_true", help="convert again even if the cache has it")
     convert.set_defaults(func=_model_convert)
     listing = model_sub.add_parser("list", help="list converted models")
@@ -124,6 +131,8 @@ class CliError(Exception):
 def _complete(args) -> int:
     try:
         path, line, col = _parse_target(args.target, args.line, args.col)
+        if str(path) == "-" and not args.language:
+            raise CliError("reading stdin needs --language (an LSP language id such as python or typescript)")
         text = _read_source(path)
         _check_position(text, line, col, path)
         result = asyncio.run(asyncio.wait_for(_ask_server(args, path, text, line - 1, col - 1), args.timeout))
@@ -236,9 +245,14 @@ async def _ask_server(args, path: Path, text: str, line: int, character: int) ->
         await client.stop()
     items = answer.items if answer is not None else []
     last = getattr(explanation, "last", None)
+    # The range the text replaces (empty: inserted at the cursor), 1-based like the command's own input;
+    # columns count characters (the client asked for utf-32 positions).
+    at = items[0].range if items and items[0].range else types.Range(types.Position(line, character),
+                                                                        types.Position(line, character))
     return {
         "text": items[0].insert_text if items else "",
-        "range": {"line": line + 1, "col": character + 1},
+        "range": {"start": {"line": at.start.line + 1, "col": at.start.character + 1},
+                  "end": {"line": at.end.line + 1, "col": at.end.character + 1}},
         "reason": getattr(last, "reason", None) or status.get("detail"),
         "timings_ms": _plain(getattr(last, "timings_ms", None)),
         "prompt_tokens": getattr(last, "prompt_tokens", None),
@@ -278,6 +292,14 @@ class _ProgressBar:
     def close(self) -> None:
         if self._shown and sys.stderr.isatty():
             sys.stderr.write("\n")
+
+
+# -- completions ---------------------------------------------------------------------------------
+def _completions(args) -> int:
+    from ghostls.cli.shells import script
+
+    sys.stdout.write(script(args.shell, _parser()))
+    return 0
 
 
 # -- model ---------------------------------------------------------------------------------------
