@@ -40,13 +40,21 @@ async def run_completion(ls, uri: str, line: int, character: int, invoked: bool)
             await asyncio.sleep(settings.debounce_ms / 1000)
         if cancelled.is_set():
             return None
-        model = await ls.models.wait(settings.load_wait_ms / 1000)
-        if model is None:
-            status = ls.models.status
-            return _explained(ls, CompletionResult("", f"model not ready ({status.state.value}: {status.detail})",
-                                                   False))
+        remote = settings.backend_for((language.name, *language.language_ids))
+        if remote is not None:
+            backend = ls.remote_backend(remote)
+            if backend is None:
+                return _explained(ls, CompletionResult("", "remote backend could not be set up (see the log)",
+                                                       False, error="config"))
+        else:
+            model = await ls.models.wait(settings.load_wait_ms / 1000)
+            if model is None:
+                status = ls.models.status
+                return _explained(ls, CompletionResult(
+                    "", f"model not ready ({status.state.value}: {status.detail})", False))
+            backend = model.backend
         loop = asyncio.get_running_loop()
-        result = await loop.run_in_executor(ls.engine_worker, complete, model, snapshot, offset, settings,
+        result = await loop.run_in_executor(ls.engine_worker, complete, backend, snapshot, offset, settings,
                                             cancelled.is_set)
     except asyncio.CancelledError:
         cancelled.set()  # the client gave up: stop the decode loop within one token
@@ -54,6 +62,8 @@ async def run_completion(ls, uri: str, line: int, character: int, invoked: bool)
     finally:
         ls.release(uri, cancelled)
 
+    if remote is not None:
+        ls.report_remote(remote, result)
     current = ls.documents.get(uri)
     if current is None or current.version != snapshot.version:
         # Never place text computed for an old version at positions of a new one.
