@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import socket
 import subprocess
@@ -61,11 +62,15 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_llama_server(model: Path, port: int | None = None, n_ctx: int = 2048, wait_s: float = 120.0):
-    """A llama.cpp server subprocess; yields its base URL (`http://127.0.0.1:PORT`) once it answers."""
+def running_llama_server(model: Path, port: int | None = None, n_ctx: int = 2048, n_threads: int = 1,
+                         wait_s: float = 120.0):
+    """A llama.cpp server subprocess; yields its base URL (`http://127.0.0.1:PORT`) once it has answered a
+    first (warm-up) completion. One thread by default: on a shared 2-core machine llama.cpp's spinning
+    threads wait on each other, and the first request took 5 s with two threads against 1.2 s with one."""
     port = port or free_port()
     process = subprocess.Popen([sys.executable, __file__, "--model", str(model), "--port", str(port),
-                                "--n-ctx", str(n_ctx)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                                "--n-ctx", str(n_ctx), "--n-threads", str(n_threads)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + wait_s
@@ -82,6 +87,9 @@ def running_llama_server(model: Path, port: int | None = None, n_ctx: int = 2048
             if time.monotonic() > deadline:
                 raise RuntimeError(f"llama.cpp server did not answer within {wait_s:.0f}s")
             time.sleep(0.2)
+        warm_up = json.dumps({"prompt": "def", "max_tokens": 1, "temperature": 0}).encode()
+        urllib.request.urlopen(urllib.request.Request(f"{url}/v1/completions", warm_up,
+                                                      {"Content-Type": "application/json"}), timeout=wait_s).read()
         yield url
     finally:
         process.terminate()
