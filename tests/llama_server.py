@@ -51,7 +51,10 @@ def main(argv: list[str] | None = None) -> None:
 
     model = ModelSettings(model=args.model, model_alias=args.alias, n_ctx=args.n_ctx, n_threads=args.n_threads,
                           n_threads_batch=args.n_threads, verbose=False)
-    app = create_app(server_settings=ServerSettings(host="127.0.0.1", port=args.port), model_settings=[model])
+    # interrupt_requests off: by default a new request makes the streaming one end early with [DONE], which a
+    # client cannot tell from a finished answer; with several editors on one engine, each must get its own.
+    server = ServerSettings(host="127.0.0.1", port=args.port, interrupt_requests=False)
+    app = create_app(server_settings=server, model_settings=[model])
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning")
 
 
