@@ -19,7 +19,7 @@ from ghostls.parsers.document import Document, PositionEncoding
 
 from .config import Settings
 from .model_host import ModelHost, ModelState, ModelStatus
-from .remotes import RemoteBackends, plaintext_warning
+from .remotes import RemoteBackends, plaintext_warning, redact_logs
 
 log = logging.getLogger(__name__)
 
@@ -175,6 +175,7 @@ class GhostServer(LanguageServer):
 def create_server() -> GhostServer:
     from .handlers import register_all
 
+    redact_logs()
     server = GhostServer()
     register_all(server)
     return server

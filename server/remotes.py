@@ -7,6 +7,7 @@ names it any more; nothing here ever sends a byte unless the user configured tha
 from __future__ import annotations
 
 import logging
+import re
 
 from ghostls.inference.remote import RemoteBackend, RemoteConfig, is_loopback
 
@@ -25,6 +26,8 @@ class RemoteBackends:
         """The backend for `config`; raises what its setup raises (an unreadable tokenizer or CA file)."""
         backend = self._backends.get(config)
         if backend is None:
+            if (key := config.resolve_key()) is not None:
+                REDACTION.secrets.add(key)
             backend = self._backends[config] = RemoteBackend(config)
             log.info("remote engine %s, FIM template %s", config.describe(), backend.template.family)
         return backend
@@ -48,3 +51,33 @@ def plaintext_warning(config: RemoteConfig) -> str | None:
         return (f"ghostls: the remote engine {config.describe()} is plain http: code is sent unencrypted; "
                 "use https")
     return None
+
+
+class KeyRedaction(logging.Filter):
+    """Blanks API keys in log records, whoever logs them: pygls logs `initialize` params and, at debug
+    level, every JSON-RPC message, and either may carry `apiKey` from the client's settings."""
+
+    _FIELD = re.compile(r"""(["']api_?key["']\s*:\s*)(["'])(?:(?!\2).)*\2""", re.IGNORECASE)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.secrets: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        redacted = self._FIELD.sub(r"\1\2[redacted]\2", message)
+        for secret in self.secrets:
+            redacted = redacted.replace(secret, "[redacted]")
+        if redacted != message:
+            record.msg, record.args = redacted, ()
+        return True
+
+
+REDACTION = KeyRedaction()
+
+
+def redact_logs() -> None:
+    """Puts the redaction on every handler of the root logger (the CLI has configured them by now)."""
+    for handler in logging.getLogger().handlers:
+        if REDACTION not in handler.filters:
+            handler.addFilter(REDACTION)

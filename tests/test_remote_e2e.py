@@ -126,7 +126,8 @@ async def test_completion_from_a_real_llama_cpp_server(client: LanguageClient, l
     ("status:429", "rate_limited"),
     ("status:500", "server_error"),
 ])
-async def test_engine_failure_is_an_empty_completion_and_a_status(client: LanguageClient, fake, behaviour, kind):
+async def test_engine_failure_is_an_empty_completion_and_a_status(client: LanguageClient, fake, behaviour, kind,
+                                                                 capfd):
     fake.behaviour = behaviour
     await _start(client, {"backend": _remote(fake.url, timeoutMs=1500, maxRetries=0, apiKey=SECRET)})
     uri = "file:///work/add.py"
@@ -148,6 +149,9 @@ async def test_engine_failure_is_an_empty_completion_and_a_status(client: Langua
     said = " ".join([m.message for m in client.messages] + [m.message for m in client.log_messages])
     assert SECRET not in said
     assert fake.requests[-1].headers["authorization"] == f"Bearer {SECRET}"
+    server_log = capfd.readouterr().err  # the server's stderr, at debug level: every JSON-RPC message
+    assert f"remote engine {kind}" in server_log
+    assert SECRET not in server_log
 
 
 async def test_a_newer_edit_closes_the_stream_to_the_engine(client: LanguageClient, fake):
