@@ -172,7 +172,7 @@ class RemoteBackend:
             body["stop"] = list(request.stop_strings)
         state = _StreamState()
         try:
-            await asyncio.wait_for(self._post_with_retries(body, request, is_complete, state),
+            await asyncio.wait_for(self._post_with_retries(body, request, is_complete, state, deadline),
                                    max(deadline - time.perf_counter(), 0.001))
         except (TimeoutError, asyncio.TimeoutError):
             if state.text:
@@ -182,7 +182,8 @@ class RemoteBackend:
             raise self._error("timeout", f"no answer from {self.config.describe()} within {budget_s:.1f}s") from None
         return state.text, state.reason, state.first_token_at
 
-    async def _post_with_retries(self, body: dict, request: TextRequest, is_complete, state: "_StreamState") -> None:
+    async def _post_with_retries(self, body: dict, request: TextRequest, is_complete, state: "_StreamState",
+                                 deadline: float) -> None:
         httpx = self._httpx
         attempt = 0
         while True:
@@ -195,7 +196,9 @@ class RemoteBackend:
                     raise self._error(retry.kind, retry.message) from None
                 delay = BACKOFF_S * 2 ** (attempt - 1)
                 delay = max(delay + random.uniform(0, delay / 2), retry.retry_after or 0)
-                log.info("remote engine: %s; retry %d in %.2fs", retry.message, attempt, delay)
+                if time.perf_counter() + delay >= deadline:
+                    raise self._error(retry.kind, retry.message) from None  # no time left to ask again
+                log.info("remote engine: %s; retry %d in %.2fs", self._redact(retry.message), attempt, delay)
                 await asyncio.sleep(delay)  # the caller's deadline (wait_for) still bounds this
             except httpx.TimeoutException:
                 raise asyncio.TimeoutError from None  # the outer deadline handler words it

@@ -30,6 +30,7 @@ class FakeEngine:
     pieces: tuple[str, ...] = DEFAULT_PIECES
     piece_delay_s: float = 0.0
     slow_s: float = 30.0  # how long `slow` waits before its first byte
+    retry_after: int = 0  # the Retry-After of 429 and 503 answers
     script: list[str] = field(default_factory=list)  # behaviours for the next requests, then `behaviour`
     requests: list[SeenRequest] = field(default_factory=list)
     connections: int = 0
@@ -92,7 +93,7 @@ class FakeEngine:
             # Echoes the Authorization header, as a careless proxy might: the client must not repeat it.
             payload = json.dumps({"error": {"message": f"fake engine says {code}",
                                             "echo": headers.get("authorization", "")}}).encode()
-            extra = "Retry-After: 0\r\n" if code in (429, 503) else ""
+            extra = f"Retry-After: {self.retry_after}\r\n" if code in (429, 503) else ""
             writer.write(f"HTTP/1.1 {code} Fake\r\nContent-Type: application/json\r\n{extra}"
                          f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload)
             await writer.drain()

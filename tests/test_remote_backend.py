@@ -206,3 +206,15 @@ def test_fim_template_is_guessed_from_the_model_name():
     assert template_for_model_name("smollm2-135m-instruct").family == "prefix_only"
     assert RemoteConfig(url="http://h", model="Qwen2.5-Coder", fim_template="starcoder").template().family == \
         "starcoder"
+
+
+def test_a_retry_after_longer_than_the_deadline_is_reported_at_once(engine, backend_for):
+    engine.behaviour = "status:429"
+    engine.retry_after = 30
+    backend = backend_for(engine.url, max_retries=2, timeout_ms=2000)
+    started = time.monotonic()
+    with pytest.raises(BackendError) as error:
+        backend.complete(_request(time_budget_s=2.0))
+    assert error.value.kind == "rate_limited"
+    assert time.monotonic() - started < 1.0
+    assert len(engine.requests) == 1
