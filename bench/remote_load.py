@@ -8,7 +8,7 @@ An editor types like VS Code drives a server: each keystroke is a didChange, a `
 request still pending, and a new automatic inlineCompletion request. It types bursts of keystrokes
 (`--interval` apart) with a pause after each burst, during which the last request can finish.
 
-    .venv/bin/python bench/remote_load.py [--editors 8] [--bursts 3] [--burst 6] [--engine-threads 2]
+    .venv/bin/python bench/remote_load.py [--editors 8] [--bursts 3] [--burst 6] [--pause 3] [--prompt-tokens 384]
 
 Counts: answered (shown or empty, for the version it was asked for), cancelled (the client cancelled it
 before an answer), stale (an answer that came for an older version: ContentModified, or text after the
@@ -172,7 +172,8 @@ def main() -> int:
     parser.add_argument("--debounce-ms", type=int, default=20)
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--prompt-tokens", type=int, default=384)
-    parser.add_argument("--engine-threads", type=int, default=2)
+    parser.add_argument("--engine-threads", type=int, default=1,
+                        help="llama.cpp threads; 1 ran faster than 2 on the shared 2-core machine")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--max-seconds", type=float, default=600, help="bound on the whole run")
     parser.add_argument("-v", "--verbose", action="store_true")
