@@ -1,8 +1,10 @@
 """Starts llama-cpp-python's OpenAI-compatible server on 127.0.0.1, for the remote-backend tests and bench.
 
-`python -m llama_cpp.server` cannot turn off llama.cpp's extra buffer types (weight repacking), and on
-this project's EPYC machines the repacked CPU path crashes; so this launcher builds the same app with
-`use_extra_bufts` off in every model's params. Run it as a script; it never binds anything but loopback.
+`python -m llama_cpp.server` cannot turn off llama.cpp's extra buffer types (weight repacking), and
+llama.cpp has crashed in that (AMX) CPU path on machines of this project's kind; so this launcher builds
+the same app with `use_extra_bufts` off in every model's params. (On the machine these tests were written
+on, the plain server did not crash with the embedded Q4_1 model.) It also
+keeps concurrent streams whole (see `interrupt_requests` below). Run it as a script; it binds loopback only.
 
     python tests/llama_server.py --model FILE.gguf --port 8080 [--n-ctx 2048] [--n-threads 2]
 """
