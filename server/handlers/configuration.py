@@ -6,7 +6,7 @@ from lsprotocol import types
 
 from ..config import parse_settings
 
-_MODEL_KEYS = ("model", "precision", "provider")
+_MODEL_KEYS = ("model", "precision", "provider", "backend", "language_backends")
 
 
 def register(server) -> None:

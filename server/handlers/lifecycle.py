@@ -24,3 +24,4 @@ def register(server) -> None:
     def shutdown(ls, params) -> None:
         for flag in list(ls.inflight.values()):
             flag.set()
+        ls.remotes.close_all()
