@@ -77,7 +77,7 @@ async function start(): Promise<void> {
   });
   if ("error" in resolved) {
     setStatus({ ...status, state: "stopped", detail: resolved.error });
-    log.error(resolved.error);
+    log.error(`${resolved.error} (PATH=${process.env.PATH ?? ""})`);
     const choice = await vscode.window.showErrorMessage(resolved.error, "Open Settings");
     if (choice === "Open Settings") {
       await vscode.commands.executeCommand("workbench.action.openSettings", "ghostls.server.command");
