@@ -247,6 +247,8 @@ async function main() {
   } finally {
     await browser.close();
   }
+  cleanup();
+  fs.rmSync(root, { recursive: true, force: true }); // kept only when the run failed
 }
 
 function findFiles(dir, name) {
