@@ -247,7 +247,7 @@ async function main() {
   } finally {
     await browser.close();
   }
-  cleanup();
+  await cleanup();
   fs.rmSync(root, { recursive: true, force: true }); // kept only when the run failed
 }
 
@@ -256,16 +256,23 @@ function findFiles(dir, name) {
   return fs.readdirSync(dir, { recursive: true }).map((f) => path.join(dir, f)).filter((f) => path.basename(f) === name);
 }
 
-function cleanup() {
-  for (const child of children) {
+/** Stops what this run started (code-server's process group: its extension host and the server). */
+async function cleanup() {
+  await Promise.all(children.map((child) => new Promise((resolve) => {
+    if (child.exitCode !== null || child.signalCode !== null) return resolve();
+    child.once("exit", resolve);
     try {
-      process.kill(-child.pid, "SIGTERM"); // its process group: code-server, its extension host, the server
-    } catch { /* already gone */ }
-  }
+      process.kill(-child.pid, "SIGTERM");
+    } catch { return resolve(); }
+    setTimeout(() => {
+      try { process.kill(-child.pid, "SIGKILL"); } catch { /* gone */ }
+      resolve();
+    }, 5000).unref();
+  })));
 }
 
-main().then(() => { cleanup(); process.exit(0); }, (error) => {
-  cleanup();
+main().then(() => process.exit(0), async (error) => {
+  await cleanup();
   process.stderr.write(`${error.stack || error}\n`);
   process.exit(1);
 });
