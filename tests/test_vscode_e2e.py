@@ -70,6 +70,11 @@ def test_ghost_text_appears_and_tab_accepts_it(vscode_tooling, embedded_model_di
     # ...and that text is the ghost text the editor showed.
     shown = "".join(report["ghost_text"].split())
     assert shown and shown in "".join(inserted.split()), (report["ghost_text"], inserted)
+    # Explain the Last Completion showed the server's account of the newest request (VS Code asks
+    # again by itself after the accept, so that is the one after the accepted text).
+    explanation = report["explanation"]
+    assert "Last completion" in explanation and "Prompt tokens:" in explanation, explanation
+    assert f"Model: {embedded_model_dir.name}, state ready" in explanation, explanation
     # Clicking the status bar item turned ghost text off in the user's settings.
     assert report["toggled_enable"] is False
     assert SCREENSHOT.stat().st_size > 10_000

@@ -222,6 +222,17 @@ async function main() {
     }
     mark("accepted_s");
 
+    // Explain the Last Completion: the server's ghostls/explain answer, in a dialog.
+    await page.keyboard.press("F1");
+    await page.keyboard.type("ghostls: Explain the Last Completion");
+    await page.locator(".quick-input-list .monaco-list-row", { hasText: "Explain the Last Completion" }).first().waitFor();
+    await page.keyboard.press("Enter");
+    const dialog = page.locator(".monaco-dialog-box");
+    await dialog.waitFor({ timeout: 10000 });
+    const explanation = (await dialog.innerText()).trim();
+    await page.keyboard.press("Escape");
+    await dialog.waitFor({ state: "detached", timeout: 5000 });
+
     // Clicking the status bar item turns ghost text off: the icon changes and the user setting says so.
     await ready.click();
     await page.locator(".statusbar-item:has(.codicon-circle-slash)", { hasText: "ghostls" }).waitFor({ timeout: 10000 });
@@ -235,7 +246,7 @@ async function main() {
     const offset = lines.slice(0, CURSOR.line - 1).join("\n").length + 1 + CURSOR.column - 1;
     process.stdout.write(`${JSON.stringify({
       ok: true, before: SOURCE, after: saved, ghost_text: ghostText, cursor_offset: offset,
-      toggled_enable: toggled, timings_s: lap,
+      explanation, toggled_enable: toggled, timings_s: lap,
     })}\n`);
   } catch (error) {
     // What the screen and the extension's log said, for whoever reads the failure.

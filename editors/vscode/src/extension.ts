@@ -183,12 +183,24 @@ async function onConfigurationChanged(event: vscode.ConfigurationChangeEvent): P
 
 async function toggle(): Promise<void> {
   const config = vscode.workspace.getConfiguration(SECTION);
-  const inspected = config.inspect<boolean>("enable");
-  // Change the value where it is set, so a workspace setting does not silently win over ours.
-  const target = inspected?.workspaceFolderValue !== undefined ? vscode.ConfigurationTarget.WorkspaceFolder
+  const language = vscode.window.activeTextEditor?.document.languageId;
+  const options = serverOptions(read);
+  // Off only for this language: turn this language back on, rather than everything off.
+  if (options.enable && language && !enabledFor(options, language)) {
+    const languages = { ...(config.get<Record<string, boolean>>("languages") ?? {}) };
+    delete languages[language];
+    await config.update("languages", languages, targetOf(config, "languages"));
+    return;
+  }
+  await config.update("enable", !options.enable, targetOf(config, "enable"));
+}
+
+/** Where a setting is set, so that changing it is not silently overruled by a workspace value. */
+function targetOf(config: vscode.WorkspaceConfiguration, key: string): vscode.ConfigurationTarget {
+  const inspected = config.inspect(key);
+  return inspected?.workspaceFolderValue !== undefined ? vscode.ConfigurationTarget.WorkspaceFolder
     : inspected?.workspaceValue !== undefined ? vscode.ConfigurationTarget.Workspace
       : vscode.ConfigurationTarget.Global;
-  await config.update("enable", config.get<boolean>("enable") === false, target);
 }
 
 // -- status bar -----------------------------------------------------------------------------------
