@@ -45,21 +45,23 @@ def vscode_tooling() -> None:
         pytest.skip(message)
 
 
+def _run_vscode(model_dir: Path, *args: str) -> dict:
+    """Runs e2e/run.mjs and returns its report. The embedded model is already converted into the
+    test cache (the fixture); the extension runs with default settings, as a new user's would."""
+    server = Path(sys.executable).parent / "ghostls"
+    env = {**os.environ, "GHOSTLS_CACHE_DIR": str(model_dir.parents[1])}
+    proc = subprocess.run(["node", str(RUNNER), "--vsix", str(VSIX), "--server", str(server), "--timeout", "240",
+                           *args], cwd=VSCODE, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"e2e runner failed:\n{proc.stderr[-6000:]}"
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 @pytest.mark.embedded
 def test_ghost_text_appears_and_tab_accepts_it(vscode_tooling, embedded_model_dir, tmp_path):
     SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
     SCREENSHOT.unlink(missing_ok=True)
     captured = tmp_path / "initialize.json"
-    server = Path(sys.executable).parent / "ghostls"
-    # The embedded model is already converted into GHOSTLS_CACHE_DIR (the fixture above); the
-    # extension runs with default settings, as a new user's would.
-    env = {**os.environ, "GHOSTLS_CACHE_DIR": str(embedded_model_dir.parents[1])}
-    proc = subprocess.run(
-        ["node", str(RUNNER), "--vsix", str(VSIX), "--server", str(server), "--screenshot", str(SCREENSHOT),
-         "--initialize", str(captured), "--timeout", "240"],
-        cwd=VSCODE, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, f"e2e runner failed:\n{proc.stderr[-6000:]}"
-    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    report = _run_vscode(embedded_model_dir, "--screenshot", str(SCREENSHOT), "--initialize", str(captured))
 
     before, after, at = report["before"], report["after"], report["cursor_offset"]
     # Tab inserted text at the cursor and left the rest of the file as it was.
@@ -92,3 +94,16 @@ def test_ghost_text_appears_and_tab_accepts_it(vscode_tooling, embedded_model_di
     recorded = json.loads(FIXTURE.read_text())
     assert recorded["params"]["capabilities"] == params["capabilities"], \
         f"{FIXTURE} is stale: replace it with the capture of this run"
+
+
+@pytest.mark.embedded
+def test_restricted_mode_ignores_workspace_server_model_and_backend(vscode_tooling, embedded_model_dir):
+    """An untrusted folder whose .vscode/settings.json names its own server script, a model and a
+    backend: the extension starts the user's ghostls with the user's model and backend, never the
+    folder's script, and still takes the folder's harmless settings (maxLines)."""
+    report = _run_vscode(embedded_model_dir, "--restricted")
+    assert report["restricted_mode_shown"] is True
+    assert report["workspace_command_ran"] is False
+    options = report["initialization_options"]
+    assert options["model"] is None and options["provider"] == "auto", options
+    assert options["maxLines"] == 3, options

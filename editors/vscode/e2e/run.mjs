@@ -25,9 +25,12 @@ const { values: opt } = parseArgs({
     screenshot: { type: "string" }, initialize: { type: "string" },
     chromium: { type: "string", default: "/usr/bin/chromium" },
     timeout: { type: "string", default: "120" },
+    // Restricted Mode: the folder is untrusted and its settings try to pick the server, model and
+    // backend; the run checks that only the user's choices are used.
+    restricted: { type: "boolean", default: false },
   },
 });
-for (const key of ["vsix", "server", "screenshot", "initialize"]) {
+for (const key of ["vsix", "server", ...(opt.restricted ? [] : ["screenshot", "initialize"])]) {
   if (!opt[key]) fail(`--${key} is required`);
 }
 const TIMEOUT_MS = Number(opt.timeout) * 1000;
@@ -51,6 +54,7 @@ const started = Date.now();
 const lap = {};
 const mark = (name) => { lap[name] = Math.round((Date.now() - started) / 100) / 10; };
 const children = [];
+let root; // this run's temp folder: removed after a success, kept after a failure
 
 function fail(message) {
   throw new Error(`vscode e2e: ${message}`);
@@ -100,7 +104,7 @@ function firstMessage(stream) {
 }
 
 async function main() {
-  const root = fs.mkdtempSync(path.join(os.tmpdir(), "ghostls-vscode-e2e-"));
+  root = fs.mkdtempSync(path.join(os.tmpdir(), "ghostls-vscode-e2e-"));
   const dirs = Object.fromEntries(["home", "config", "data", "cache", "userdata", "extensions", "bin", "work"]
     .map((name) => [name, path.join(root, name)]));
   Object.values(dirs).forEach((dir) => fs.mkdirSync(dir, { recursive: true }));
@@ -129,7 +133,9 @@ async function main() {
     "update.mode": "none",
     "extensions.autoCheckUpdates": false,
     "extensions.autoUpdate": false,
-    "security.workspace.trust.enabled": false,
+    "security.workspace.trust.enabled": opt.restricted,
+    // Untrusted folders open in Restricted Mode without asking.
+    "security.workspace.trust.startupPrompt": "never",
     "editor.inlineSuggest.enabled": true,
     // The suggest widget would take Tab for itself.
     "editor.quickSuggestions": { other: false, comments: false, strings: false },
@@ -141,6 +147,16 @@ async function main() {
   fs.mkdirSync(path.join(dirs.userdata, "User"), { recursive: true });
   const settingsFile = path.join(dirs.userdata, "User", "settings.json");
   fs.writeFileSync(settingsFile, JSON.stringify(settings, null, 2));
+  const hijacked = path.join(root, "workspace-command-ran");
+  if (opt.restricted) {
+    const hijack = path.join(dirs.work, "not-ghostls.sh");
+    fs.writeFileSync(hijack, `#!/bin/sh\ntouch "${hijacked}"\nexit 1\n`, { mode: 0o755 });
+    fs.mkdirSync(path.join(dirs.work, ".vscode"));
+    fs.writeFileSync(path.join(dirs.work, ".vscode", "settings.json"), JSON.stringify({
+      "ghostls.server.command": hijack, "ghostls.server.args": ["--evil"], "ghostls.model": "/nonexistent/model",
+      "ghostls.backend": "cuda", "ghostls.maxLines": 3,
+    }, null, 2));
+  }
   const source = path.join(dirs.work, "fib.py");
   fs.writeFileSync(source, SOURCE);
 
@@ -152,7 +168,7 @@ async function main() {
   const logFile = path.join(root, "code-server.log");
   const logFd = fs.openSync(logFile, "w");
   const server = spawn(process.execPath, [CODE_SERVER, ...common, "--bind-addr", `127.0.0.1:${port}`,
-    "--auth", "none", "--disable-telemetry", "--disable-update-check", "--disable-workspace-trust",
+    "--auth", "none", "--disable-telemetry", "--disable-update-check", ...(opt.restricted ? [] : ["--disable-workspace-trust"]),
     "--disable-getting-started-override", dirs.work],
   { env, detached: true, stdio: ["ignore", logFd, logFd] });
   children.push(server);
@@ -180,6 +196,15 @@ async function main() {
       fail(`the status bar says the server failed: ${await settled.first().getAttribute("aria-label")}`);
     }
     mark("model_ready_s");
+    if (opt.restricted) {
+      const initialize = firstMessage(fs.readFileSync(stdinLog));
+      process.stdout.write(`${JSON.stringify({
+        ok: true, restricted: true, workspace_command_ran: fs.existsSync(hijacked),
+        restricted_mode_shown: (await page.locator(".statusbar-item", { hasText: "Restricted Mode" }).count()) > 0,
+        initialization_options: initialize.params.initializationOptions, timings_s: lap,
+      })}\n`);
+      return;
+    }
 
     // Open the file through Quick Open, the way a person would.
     await page.locator(".monaco-workbench").click({ position: { x: 600, y: 300 } });
@@ -250,7 +275,7 @@ async function main() {
     })}\n`);
   } catch (error) {
     // What the screen and the extension's log said, for whoever reads the failure.
-    await page.screenshot({ path: opt.screenshot.replace(/\.png$/, "-failure.png") }).catch(() => {});
+    await page.screenshot({ path: (opt.screenshot || path.join(root, "x.png")).replace(/\.png$/, "-failure.png") }).catch(() => {});
     const logs = findFiles(path.join(dirs.userdata, "logs"), "ghostls.log")
       .map((f) => fs.readFileSync(f, "utf8")).join("\n").slice(-4000);
     error.message += `\n--- ghostls output channel ---\n${logs}\n--- kept in ${root} ---`;
@@ -258,8 +283,6 @@ async function main() {
   } finally {
     await browser.close();
   }
-  await cleanup();
-  fs.rmSync(root, { recursive: true, force: true }); // kept only when the run failed
 }
 
 function findFiles(dir, name) {
@@ -282,7 +305,11 @@ async function cleanup() {
   })));
 }
 
-main().then(() => process.exit(0), async (error) => {
+main().then(async () => {
+  await cleanup();
+  fs.rmSync(root, { recursive: true, force: true });
+  process.exit(0);
+}, async (error) => {
   await cleanup();
   process.stderr.write(`${error.stack || error}\n`);
   process.exit(1);
