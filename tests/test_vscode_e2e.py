@@ -72,6 +72,10 @@ def test_ghost_text_appears_and_tab_accepts_it(vscode_tooling, embedded_model_di
     # ...and that text is the ghost text the editor showed.
     shown = "".join(report["ghost_text"].split())
     assert shown and shown in "".join(inserted.split()), (report["ghost_text"], inserted)
+    # Ctrl+Right (VS Code's acceptNextWord) took the first word and left the rest as ghost text.
+    word = report["word_accepted_chars"]
+    assert 0 < word < len(report["ghost_text"]), report
+    assert report["ghost_text"][word:] == report["ghost_after_word"], report
     # Explain the Last Completion showed the server's account of the newest request (VS Code asks
     # again by itself after the accept, so that is the one after the accepted text).
     explanation = report["explanation"]

@@ -236,6 +236,24 @@ async function main() {
     mark("ghost_text_s");
     await page.screenshot({ path: opt.screenshot });
 
+    // Partial accept through VS Code's own command (Ctrl+Right: acceptNextWord): the cursor moves
+    // past part of the suggestion and the rest stays on screen; then Tab takes the rest.
+    const cursorColumn = async () => Number(/Col (\d+)/.exec(
+      await page.locator(".statusbar-item", { hasText: /Ln \d+, Col \d+/ }).first().innerText())?.[1]);
+    const fullLength = ghostText.trimEnd().length;
+    await page.keyboard.press("Control+ArrowRight");
+    let column = await cursorColumn();
+    for (let i = 0; i < 50 && column === CURSOR.column; i++) {
+      await new Promise((r) => setTimeout(r, 100));
+      column = await cursorColumn();
+    }
+    const wordAccepted = column - CURSOR.column;
+    const rest = (await ghost.allTextContents()).join("").replace(/\u00a0/g, " ");
+    if (!(wordAccepted > 0 && wordAccepted < fullLength && rest.trim() !== "")) {
+      fail(`accept next word moved the cursor by ${wordAccepted} of ${fullLength}, leaving ghost text ${JSON.stringify(rest)}`);
+    }
+    mark("word_accepted_s");
+
     await page.keyboard.press("Tab");
     await ghost.first().waitFor({ state: "detached", timeout: 10000 });
     await page.keyboard.press("Control+S");
@@ -271,6 +289,7 @@ async function main() {
     const offset = lines.slice(0, CURSOR.line - 1).join("\n").length + 1 + CURSOR.column - 1;
     process.stdout.write(`${JSON.stringify({
       ok: true, before: SOURCE, after: saved, ghost_text: ghostText, cursor_offset: offset,
+      word_accepted_chars: wordAccepted, ghost_after_word: rest,
       explanation, toggled_enable: toggled, timings_s: lap,
     })}\n`);
   } catch (error) {
