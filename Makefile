@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.ghostls-installed
 
-.PHONY: demo test install shells clean-venv
+.PHONY: demo test install shells clean-venv vscode vscode-deps
 
 install: $(STAMP)
 
@@ -33,8 +33,22 @@ APT_INSTALL = DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-
 demo: $(STAMP)
 	$(VENV)/bin/ghostls complete docs/examples/fib.py:4:9
 
-test: $(STAMP)
-	$(PY) -m pytest -q
+test: $(STAMP) vscode
+	GHOSTLS_REQUIRE_VSCODE_E2E=1 $(PY) -m pytest -q
 
 clean-venv:
 	rm -rf $(VENV)
+
+# The VS Code extension: build, unit tests (node --test), the .vsix, and what its end-to-end test
+# (tests/test_vscode_e2e.py, run by pytest) needs: Debian's chromium, ripgrep and libkrb5-dev, and
+# code-server 4.100.3 from npm (editors/vscode/scripts/setup-code-server.sh says why by hand).
+VSCODE_DIR := editors/vscode
+
+vscode-deps:
+	@if ! command -v chromium >/dev/null || ! command -v rg >/dev/null || ! dpkg -s libkrb5-dev >/dev/null 2>&1; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium ripgrep libkrb5-dev >/dev/null; \
+	fi
+
+vscode: vscode-deps
+	cd $(VSCODE_DIR) && npm ci --no-audit --no-fund && npm test && npm run package
+	$(VSCODE_DIR)/scripts/setup-code-server.sh
