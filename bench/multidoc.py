@@ -75,7 +75,8 @@ async def _editor(client: LanguageClient, uri: str, text: str, following: str, b
     return latencies
 
 
-async def run(editors: int, bursts: int, model: str | None, chars: int, timeout_s: float) -> dict:
+async def run(editors: int, bursts: int, model: str | None, chars: int, timeout_s: float,
+              settings: dict | None = None) -> dict:
     client = LanguageClient("ghostls-multidoc", "0")
     ready = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -92,7 +93,7 @@ async def run(editors: int, bursts: int, model: str | None, chars: int, timeout_
         command += ["--model", model]
     await client.start_io(*command)
     await client.initialize_async(types.InitializeParams(capabilities=types.ClientCapabilities(),
-                                                         initialization_options={"loadWaitMs": 120_000}))
+                                                         initialization_options={"loadWaitMs": 120_000, **(settings or {})}))
     client.initialized(types.InitializedParams())
     await asyncio.wait_for(ready.wait(), 600)
     pid = client._server.pid  # pygls keeps the server process here; only its /proc entry is read
@@ -139,12 +140,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chars", type=int, default=6000, help="where each file is cut (characters)")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds before an answer counts as starved")
     parser.add_argument("--model")
+    parser.add_argument("--settings", type=json.loads, default={}, help='server settings, e.g. \'{"kvCacheMb": 128}\'')
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    single = asyncio.run(run(1, args.bursts, args.model, args.chars, args.timeout))
-    multi = asyncio.run(run(args.editors, args.bursts, args.model, args.chars, args.timeout))
+    single = asyncio.run(run(1, args.bursts, args.model, args.chars, args.timeout, args.settings))
+    multi = asyncio.run(run(args.editors, args.bursts, args.model, args.chars, args.timeout, args.settings))
     ratio = round(multi["p95_s"] / single["p95_s"], 2) if multi["p95_s"] and single["p95_s"] else None
-    report = {"single": single, "multi": multi, "p95_ratio": ratio}
+    report = {"settings": args.settings, "single": single, "multi": multi, "p95_ratio": ratio}
     if args.json:
         print(json.dumps(report, indent=2))
     else:
