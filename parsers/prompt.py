@@ -20,6 +20,11 @@ _FIRST_CHARS_PER_TOKEN = 3.5
 _MAX_CHARS_PER_TOKEN = 32
 # Exact tokenizer calls per window; each call refines the chars-per-token estimate.
 _MAX_COUNTS = 5
+# A prefix window that cannot hold the whole file starts this full, leaving room for the user to type on
+# with the same start (the anchor), so the model's KV cache for it is reused keystroke after keystroke.
+_WINDOW_FILL = 0.75
+# An anchored window is kept while it holds at least this share of the prefix budget.
+_ANCHOR_MIN_FILL = 0.5
 
 
 class PromptTemplate(Protocol):
@@ -64,7 +69,11 @@ def build_prompt(
     budget: int = 1500,
     suffix_share: float = 0.25,
     context: str = "",
+    anchor: int | None = None,
 ) -> Prompt:
+    """`anchor` is where the previous prompt's prefix in this document started (None: no previous prompt).
+    It is kept while it fits, so that typing in a file longer than the budget does not shift the window,
+    and lose the KV cache, at every new line."""
     text = snapshot.text
     offset = max(0, min(offset, len(text)))
     budget = max(budget, 0)
@@ -85,8 +94,17 @@ def build_prompt(
         end, suffix_tokens, ratio = _fit_after(text, offset, int(available * suffix_share), count_tokens, ratio)
         suffix, suffix_truncated = text[offset:end], end < len(text)
 
-    # 3. The prefix: whole lines above the cursor, plus the cursor's own line up to the cursor.
-    start, _, ratio = _fit_before(text, offset, available - suffix_tokens, count_tokens, ratio)
+    # 3. The prefix: whole lines above the cursor, plus the cursor's own line up to the cursor: as much as
+    #    fits. When the document's previous prompt left an anchor: the anchored window while it still
+    #    fits, else a new one filled to _WINDOW_FILL, so that the next keystrokes keep its start.
+    prefix_budget = available - suffix_tokens
+    start, _, ratio = _fit_before(text, offset, prefix_budget, count_tokens, ratio)
+    if start > 0 and anchor is not None:
+        kept = _anchored_start(text, offset, anchor, prefix_budget, count_tokens)
+        if kept is not None:
+            start = kept
+        else:
+            start, _, ratio = _fit_before(text, offset, int(prefix_budget * _WINDOW_FILL), count_tokens, ratio)
     prefix = text[start:offset]
     cursor_line = prefix[prefix.rfind("\n") + 1:]
     at_indent = bool(cursor_line) and not cursor_line.strip(" \t")
@@ -103,6 +121,17 @@ def build_prompt(
         healed=healed,
         at_indent=at_indent,
     )
+
+
+def _anchored_start(text: str, offset: int, anchor: int | None, budget: int,
+                    count: Callable[[str], int]) -> int | None:
+    """The anchor, if it is a line start before the cursor whose window still fits the budget well."""
+    if anchor is None or not 0 < anchor <= offset or text[anchor - 1] not in "\r\n":
+        return None
+    if offset - anchor > max(budget, 1) * _MAX_CHARS_PER_TOKEN:
+        return None  # far above the cursor: not worth a tokenizer call over that much text
+    tokens = count(text[anchor:offset])
+    return anchor if budget * _ANCHOR_MIN_FILL <= tokens <= budget else None
 
 
 def _line_start(text: str, offset: int) -> int:

@@ -49,6 +49,8 @@ class GhostServer(LanguageServer):
         # The cancel flag of the speculative generation running, if any: every real request sets it.
         self.speculation: threading.Event | None = None
         self.last_speculation: dict | None = None  # for `ghostls/explain`
+        # Per document: where the last prompt's prefix began (see parsers.prompt.build_prompt's anchor).
+        self.prompt_anchors: dict[str, int] = {}
         # Remote engines named in settings, each with its connection pool.
         self.remotes = RemoteBackends()
 

@@ -32,10 +32,12 @@ class CompletionResult:
     reused_tokens: int = 0
     timings_ms: dict[str, float] = field(default_factory=dict)
     error: str = ""  # a BackendError kind (unreachable, unauthorized, ...) when the backend failed
+    # Where the prompt's prefix began: the next request in the document keeps it as its anchor.
+    prefix_start: int | None = None
 
 
 def complete(backend: CompletionBackend, snapshot: DocumentSnapshot, offset: int, settings: Settings,
-             cancelled: Callable[[], bool] = lambda: False) -> CompletionResult:
+             cancelled: Callable[[], bool] = lambda: False, anchor: int | None = None) -> CompletionResult:
     timings: dict[str, float] = {}
     clock = time.perf_counter()
 
@@ -48,13 +50,13 @@ def complete(backend: CompletionBackend, snapshot: DocumentSnapshot, offset: int
     template = backend.template
     mode = decide_mode(snapshot, offset)
     budget = settings.prompt_budget(backend.provider_name)
-    prompt = build_prompt(snapshot, offset, template, backend.count_tokens, budget=budget)
+    prompt = build_prompt(snapshot, offset, template, backend.count_tokens, budget=budget, anchor=anchor)
     if prompt.prefix_truncated:
         # The window misses the top of the file: bring the imports and enclosing headers back in.
         context = gather_context(snapshot, offset, offset - len(prompt.prefix))
         if context:
             prompt = build_prompt(snapshot, offset, template, backend.count_tokens, budget=budget,
-                                  context=context)
+                                  context=context, anchor=anchor)
     lap("prompt")
 
     max_new = settings.max_new_tokens if mode.multiline else min(settings.max_new_tokens, SINGLE_LINE_MAX_TOKENS)
@@ -78,4 +80,4 @@ def complete(backend: CompletionBackend, snapshot: DocumentSnapshot, offset: int
     if not final.text and not final.reason:
         reason = f"empty after post-processing (model stopped: {generation.stop_reason})"
     return CompletionResult(final.text, reason, mode.multiline, generation.prompt_tokens,
-                            generation.reused_tokens, timings)
+                            generation.reused_tokens, timings, prefix_start=offset - len(prompt.prefix))

@@ -68,7 +68,7 @@ async def run_completion(ls, uri: str, line: int, character: int, invoked: bool)
             backend = model.backend
         loop = asyncio.get_running_loop()
         result = await loop.run_in_executor(ls.engine_worker, complete, backend, snapshot, offset, settings,
-                                            cancelled.is_set)
+                                            cancelled.is_set, ls.prompt_anchors.get(uri))
     except asyncio.CancelledError:
         cancelled.set()  # the client gave up: stop the decode loop within one token
         raise
@@ -83,6 +83,8 @@ async def run_completion(ls, uri: str, line: int, character: int, invoked: bool)
         raise JsonRpcContentModified(f"{uri} changed while the completion was computed")
     if result.reason == "cancelled":
         return None
+    if result.prefix_start is not None:
+        ls.prompt_anchors[uri] = result.prefix_start
     log.info("completion %s v%s: %d chars, %s, prompt %d tokens (%d reused), %s", uri.rsplit("/", 1)[-1],
              snapshot.version, len(result.text), result.reason, result.prompt_tokens, result.reused_tokens,
              result.timings_ms)
@@ -107,7 +109,7 @@ async def _speculate(ls, uri: str, snapshot, shown: ShownCompletion, backend, se
         if flag.is_set():
             return None  # a real request arrived while this one waited for the engine
         after = Document(uri, language_id, snapshot.version, text).snapshot()
-        return complete(backend, after, offset, settings, flag.is_set)
+        return complete(backend, after, offset, settings, flag.is_set, ls.prompt_anchors.get(uri))
 
     try:
         result = await asyncio.get_running_loop().run_in_executor(ls.engine_worker, job)

@@ -229,3 +229,42 @@ def test_no_trailing_whitespace_means_no_healing():
     prompt = build_prompt(snapshot, offset, Fim(), Counter())
     assert prompt.healed == ""
     assert prompt.heal(" x") == " x"
+
+
+def test_anchored_window_keeps_its_start_while_the_user_types():
+    """Typing in a file longer than the budget: without an anchor the window start moves down with almost
+    every line (a new prompt from its first token: no KV reuse); with one it stays for many lines."""
+    lines = numbered(400)
+    offset = lines.index("line 0300")
+    text = lines[:offset]
+    typed = "".join(f"value_{i} = {i}\n" for i in range(40))  # 40 new lines, typed one character at a time
+
+    def starts(use_anchor: bool) -> list[int]:
+        anchor, seen = None, []
+        for i in range(0, len(typed) + 1, 3):
+            doc = text + typed[:i] + lines[offset:]
+            prompt = build_prompt(snap(doc), offset + i, Fim(uses_suffix=False), Counter(), budget=200,
+                                  anchor=anchor if use_anchor else None)
+            assert Counter()(prompt.prefix) <= 200
+            start = offset + i - len(prompt.prefix)
+            seen.append(start)
+            anchor = start
+        return seen
+
+    moves = lambda seen: sum(a != b for a, b in zip(seen, seen[1:]))  # noqa: E731
+    assert moves(starts(False)) >= 30
+    assert moves(starts(True)) <= 4
+
+
+def test_an_anchor_that_no_longer_fits_or_is_not_a_line_start_is_replaced():
+    text = numbered(400)
+    offset = text.index("line 0300")
+    first = build_prompt(snap(text), offset, Fim(uses_suffix=False), Counter(), budget=100)
+    anchor = offset - len(first.prefix)
+    # Far below: the old start would overflow the budget; the new window leaves room to grow.
+    later = text.index("line 0390")
+    moved = build_prompt(snap(text), later, Fim(uses_suffix=False), Counter(), budget=100, anchor=anchor)
+    assert later - len(moved.prefix) > anchor and 60 <= Counter()(moved.prefix) <= 80
+    # Mid-line anchors (an edit above shifted the text) are not used.
+    odd = build_prompt(snap(text), offset, Fim(uses_suffix=False), Counter(), budget=100, anchor=anchor + 3)
+    assert offset - len(odd.prefix) != anchor + 3

@@ -106,3 +106,37 @@ async def test_typing_through_and_accepting_need_no_model(client: LanguageClient
     else:  # the model had nothing to add after the accepted text: nothing was kept, the model is asked
         assert speculated.reason.startswith(("single line", "multi", "empty")), speculated
         assert reason != "typed through a completion already computed" and not after.items
+
+
+@pytest_lsp.fixture(config=ClientServerConfig(server_command=SERVER))
+async def small_window_client(lsp_client: LanguageClient, tiny_model):
+    params = types.InitializeParams(
+        capabilities=client_capabilities("visual-studio-code"),
+        initialization_options={"model": str(tiny_model("qwen")), "loadWaitMs": 120_000, "debounceMs": 0,
+                                "maxNewTokens": 4, "maxPromptTokens": 128, "speculate": False})
+    lsp_client.initialize_result = await lsp_client.initialize_session(params)
+    yield
+    await lsp_client.shutdown_session()
+
+
+async def test_typing_in_a_long_file_keeps_reusing_the_kv_cache(small_window_client: LanguageClient):
+    """A file far longer than the prompt budget: typed lines must not shift the prompt window at every
+    line, or each keystroke would pay a full prefill."""
+    client = small_window_client
+    uri = "file:///work/long.py"
+    head = "".join(f"def helper_{i}(x):\n    return x + {i}\n\n\n" for i in range(60))
+    client.text_document_did_open(types.DidOpenTextDocumentParams(
+        types.TextDocumentItem(uri=uri, language_id="python", version=1, text=head)))
+    line, col, version = head.count("\n"), 0, 1
+    reuse = []
+    for ch in "total = helper_1(2)\nother = helper_2(3)\nthird = helper_3(4)\n":
+        version += 1
+        _insert(client, uri, version, types.Position(line, col), ch)
+        line, col = (line + 1, 0) if ch == "\n" else (line, col + 1)
+        await _inline(client, uri, types.Position(line, col))
+        last = (await _explain(client)).last
+        if last.prompt_tokens:  # not answered from a completion already computed
+            reuse.append(last.reused_tokens / last.prompt_tokens)
+    assert len(reuse) >= 40
+    # Cold prefills only when the window has to move (it is re-anchored with room to grow).
+    assert sum(r < 0.5 for r in reuse) <= 4, reuse

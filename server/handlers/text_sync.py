@@ -48,6 +48,7 @@ def register(server) -> None:
     def did_close(ls, params: types.DidCloseTextDocumentParams) -> None:
         ls.documents.pop(params.text_document.uri, None)
         ls.shown.pop(params.text_document.uri, None)
+        ls.prompt_anchors.pop(params.text_document.uri, None)
         if (flag := ls.inflight.pop(params.text_document.uri, None)) is not None:
             flag.set()
         if (model := ls.models.loaded) is not None:
