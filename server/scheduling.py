@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
-from pygls.exceptions import JsonRpcContentModified, JsonRpcInvalidParams
+from lsprotocol import types
+from pygls.exceptions import JsonRpcContentModified, JsonRpcException, JsonRpcInternalError, JsonRpcInvalidParams
 
 from ghostls.parsers.document import PositionError
 
@@ -19,8 +21,13 @@ from .completer import CompletionResult, complete
 log = logging.getLogger(__name__)
 
 
-async def run_completion(ls, uri: str, line: int, character: int, invoked: bool) -> CompletionResult | None:
-    """The completion at a position, or None when there is nothing to say (disabled, superseded...)."""
+async def run_completion(ls, uri: str, line: int, character: int, invoked: bool,
+                         method: str = "textDocument/inlineCompletion") -> CompletionResult | None:
+    """The completion at a position, or None when there is nothing to say (disabled, superseded...).
+
+    An engine failure becomes an InternalError naming `method` and the document version, in the log and in
+    the answer; the worker and the model stay usable for the next request.
+    """
     document = ls.documents.get(uri)
     if document is None:
         raise JsonRpcInvalidParams(f"document {uri} is not open: send textDocument/didOpen first")
@@ -35,6 +42,7 @@ async def run_completion(ls, uri: str, line: int, character: int, invoked: bool)
         raise JsonRpcInvalidParams(f"position {line}:{character} is outside {uri}: {exc}") from exc
 
     cancelled = ls.supersede(uri)
+    work = None
     try:
         if not invoked and settings.debounce_ms:
             await asyncio.sleep(settings.debounce_ms / 1000)
@@ -46,11 +54,19 @@ async def run_completion(ls, uri: str, line: int, character: int, invoked: bool)
             return _explained(ls, CompletionResult("", f"model not ready ({status.state.value}: {status.detail})",
                                                    False))
         loop = asyncio.get_running_loop()
-        result = await loop.run_in_executor(ls.engine_worker, complete, model, snapshot, offset, settings,
-                                            cancelled.is_set)
+        work = loop.run_in_executor(ls.engine_worker, _generate, model, snapshot, offset, settings, cancelled.is_set)
+        result = await work
     except asyncio.CancelledError:
         cancelled.set()  # the client gave up: stop the decode loop within one token
+        _log_when_stopped(work, uri, snapshot.version)
         raise
+    except JsonRpcException:
+        raise
+    except Exception as exc:  # noqa: BLE001 - one failed request must not take the server down
+        message = f"{method} failed on {uri} version {snapshot.version}: {type(exc).__name__}: {exc}"
+        log.exception("%s", message)
+        ls.window_log_message(types.LogMessageParams(types.MessageType.Error, f"ghostls: {message}"))
+        raise JsonRpcInternalError(message) from exc
     finally:
         ls.release(uri, cancelled)
 
@@ -64,6 +80,29 @@ async def run_completion(ls, uri: str, line: int, character: int, invoked: bool)
              snapshot.version, len(result.text), result.reason, result.prompt_tokens, result.reused_tokens,
              result.timings_ms)
     return _explained(ls, result)
+
+
+def _generate(model, snapshot, offset, settings, cancelled) -> CompletionResult:
+    """On the worker: a request superseded while it waited in the queue never starts (a typing burst
+    queues many; only the newest should reach the model)."""
+    if cancelled():
+        return CompletionResult("", "cancelled", False)
+    log.debug("generating for %s v%s", snapshot.uri.rsplit("/", 1)[-1], snapshot.version)
+    return complete(model, snapshot, offset, settings, cancelled)
+
+
+def _log_when_stopped(work, uri: str, version: int) -> None:
+    """Logs when a cancelled generation actually let go of the worker (it checks its flag between tokens)."""
+    if work is None:
+        return
+    cancelled_at = time.perf_counter()
+
+    def done(future) -> None:
+        reason = "failed" if future.cancelled() or future.exception() else future.result().reason
+        log.info("cancelled completion %s v%s: generation stopped (%s) %.0f ms after the cancel",
+                 uri.rsplit("/", 1)[-1], version, reason, (time.perf_counter() - cancelled_at) * 1000)
+
+    work.add_done_callback(done)
 
 
 def _explained(ls, result: CompletionResult) -> CompletionResult:
