@@ -53,9 +53,9 @@ async def run_completion(ls, uri: str, line: int, character: int, invoked: bool,
             status = ls.models.status
             return _explained(ls, CompletionResult("", f"model not ready ({status.state.value}: {status.detail})",
                                                    False))
-        loop = asyncio.get_running_loop()
-        work = loop.run_in_executor(ls.engine_worker, _generate, model, snapshot, offset, settings, cancelled.is_set)
-        result = await work
+        # The thread's own future (not an asyncio one) tells when the worker really lets go after a cancel.
+        work = ls.engine_worker.submit(_generate, model, snapshot, offset, settings, cancelled.is_set)
+        result = await asyncio.wrap_future(work)
     except asyncio.CancelledError:
         cancelled.set()  # the client gave up: stop the decode loop within one token
         _log_when_stopped(work, uri, snapshot.version)
@@ -98,7 +98,7 @@ def _log_when_stopped(work, uri: str, version: int) -> None:
     cancelled_at = time.perf_counter()
 
     def done(future) -> None:
-        reason = "failed" if future.cancelled() or future.exception() else future.result().reason
+        reason = "never started" if future.cancelled() else "failed" if future.exception() else future.result().reason
         log.info("cancelled completion %s v%s: generation stopped (%s) %.0f ms after the cancel",
                  uri.rsplit("/", 1)[-1], version, reason, (time.perf_counter() - cancelled_at) * 1000)
 
