@@ -36,14 +36,9 @@ class Unauthorized(Exception):
     pass
 
 
-async def read_messages(reader, protocol, stop_event: threading.Event, token: str | None = None) -> None:
-    """Reads framed messages until EOF or `stop_event`, answering every malformed one.
-
-    With a `token`, the first message must be `initialize` carrying it as initializationOptions.ghostlsToken;
-    anything else is answered with UNAUTHORIZED and ends the connection (raises Unauthorized).
-    """
+async def read_messages(reader, protocol, stop_event: threading.Event) -> None:
+    """Reads framed messages until EOF or `stop_event`, answering every malformed one."""
     length: int | None = None
-    authorized = token is None
     while not stop_event.is_set():
         try:
             line = await reader.readline()
@@ -70,9 +65,6 @@ async def read_messages(reader, protocol, stop_event: threading.Event, token: st
             return
         if len(body) < size:
             return  # EOF inside a body
-        if not authorized:
-            body = _authorize(protocol, body, token)  # raises Unauthorized
-            authorized = True
         dispatch(protocol, body)
 
 
@@ -162,13 +154,21 @@ def serve_stdio(server) -> None:
     server._stop_event = stop = threading.Event()
     server.protocol.set_writer(StdoutWriter(sys.stdout.buffer))
     try:
-        asyncio.run(read_messages(StdinAsyncReader(sys.stdin.buffer, server.thread_pool), server.protocol, stop))
+        asyncio.run(read_messages(_BoundedStdin(sys.stdin.buffer, server.thread_pool), server.protocol, stop))
     except BrokenPipeError:
         log.error("the client closed the connection; shutting down")
     except (KeyboardInterrupt, SystemExit):
         pass
     finally:
         server.shutdown()
+
+
+class _BoundedStdin(StdinAsyncReader):
+    """pygls's stdin reader, except that a header line is read at most 64 KiB at a time: junk without a newline
+    arrives as several junk lines instead of one unbounded allocation."""
+
+    def readline(self):
+        return self.loop.run_in_executor(self.executor, self.stdin.readline, 1 << 16)
 
 
 def serve_tcp(server, host: str, port: int, token: str | None = None) -> None:
