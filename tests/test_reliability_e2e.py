@@ -105,6 +105,7 @@ def test_cancel_during_generation_gives_one_response_and_stops_within_one_token(
     # It was still generating when cancelled (not ended by itself) and let go within about one token.
     assert stopped.group(1) == "cancelled"
     assert int(stopped.group(2)) < TOKEN_DELAY_MS + 250, stopped.group(0)
+    print(stopped.group(0))
     time.sleep(0.5)
     assert len(peer.responses_to(msg_id)) == 1
     # The worker is free: the next request is answered.
@@ -160,6 +161,8 @@ def test_typing_burst_one_generation_per_document_flat_memory_edits_never_delaye
         rss_after = _rss_kb(peer.proc.pid)
         generations = peer.log().count("generating for") - generations_before
 
+        print(f"burst: {len(ids)} requests, {generations} generations, explain latency max "
+              f"{max(latencies) * 1000:.0f} ms, RSS {rss_before} -> {rss_after} kB")
         for msg_id in ids:
             answers = peer.responses_to(msg_id)
             assert len(answers) == 1, answers
@@ -203,6 +206,7 @@ def test_large_and_binary_inputs_have_a_bounded_prompt_and_time(tmp_path, tiny_m
         explained = peer.request("ghostls/explain", None)["result"]["last"]
         assert 0 < explained["prompt_tokens"] <= 2048, explained
         assert elapsed < 20, f"{name}: {elapsed:.1f}s"
+        print(f"{name}: open + first answer {elapsed:.1f}s, prompt {explained['prompt_tokens']} tokens")
         # An edit to the big document is handled, and the next answer is as bounded.
         peer.change(uri, 2, (0, 0), (0, 0), "# top\n")
         answer = peer.response(peer.inline_async(uri, line + 1, character), timeout=60)
