@@ -87,8 +87,11 @@ def _generate(model, snapshot, offset, settings, cancelled) -> CompletionResult:
     queues many; only the newest should reach the model)."""
     if cancelled():
         return CompletionResult("", "cancelled", False)
-    log.debug("generating for %s v%s", snapshot.uri.rsplit("/", 1)[-1], snapshot.version)
-    return complete(model, snapshot, offset, settings, cancelled)
+    name = snapshot.uri.rsplit("/", 1)[-1]
+    log.debug("generating for %s v%s", name, snapshot.version)
+    result = complete(model, snapshot, offset, settings, cancelled)
+    log.debug("generated for %s v%s: %s", name, snapshot.version, result.reason)
+    return result
 
 
 def _log_when_stopped(work, uri: str, version: int) -> None:
