@@ -88,7 +88,8 @@ def dispatch(protocol, body: bytes) -> None:
         _send_error(protocol, None, JsonRpcParseError(f"parse error: {exc}"))
         return
     if not isinstance(data, dict):
-        _send_error(protocol, None, JsonRpcInvalidRequest(f"a message must be a JSON object, not {type(data).__name__}"))
+        kind = type(data).__name__
+        _send_error(protocol, None, JsonRpcInvalidRequest(f"a message must be a JSON object, not {kind}"))
         return
     msg_id = data.get("id")
     if msg_id is not None and (isinstance(msg_id, bool) or not isinstance(msg_id, (int, str))):

@@ -69,7 +69,8 @@ def test_engine_fault_is_internal_error_naming_method_and_version_and_next_reque
         assert "textDocument/inlineCompletion" in failed["error"]["message"]
         assert "version 7" in failed["error"]["message"]
         # The server's log and the client's log both name the method and the document version.
-        assert re.search(r"ERROR .*textDocument/inlineCompletion failed on file:///work/reliab.py version 7", peer.log())
+        assert re.search(r"ERROR .*textDocument/inlineCompletion failed on file:///work/reliab.py version 7",
+                         peer.log())
         assert any(m.get("method") == "window/logMessage" and "version 7" in m["params"]["message"]
                    for m in peer.seen)
         # The engine is not poisoned: the next request (generate call 2) runs the model.

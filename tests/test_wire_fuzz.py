@@ -139,7 +139,7 @@ _METHODS = ["textDocument/inlineCompletion", "textDocument/completion", "ghostls
             "workspace/executeCommand", "ghostls/nothing", ""]
 
 
-@fuzz_settings(ci=40, long=2000)
+@fuzz_settings(ci=200, long=5000)
 @given(junk=st.binary(max_size=300), method=st.sampled_from(_METHODS), params=_json, is_request=st.booleans())
 def test_fuzzed_traffic_gets_one_right_answer_each(peer, junk, method, params, is_request):
     """Random bytes, then a random message: a request gets exactly one answer (a result or one of the JSON-RPC
