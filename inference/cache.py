@@ -160,6 +160,10 @@ def validate_model_dir(model_dir: Path, *, check_hash: bool = True) -> ModelMani
         raise ModelError(f"{config_path} is unreadable ({e}); convert the model again with --force") from None
     if graph_name != MODEL_FILE:
         raise ModelError(f"{config_path} names an unexpected model file {graph_name!r}")
+    if "custom_ops_library" in json.dumps(config):
+        # ONNX Runtime GenAI would dlopen it: native code chosen by whoever wrote the model folder.
+        raise ModelError(f"refusing to load {model_dir}: {GENAI_CONFIG} names a custom_ops_library; "
+                         "ghostls never loads native code from a model's configuration")
 
     graph = model_dir / MODEL_FILE
     if not graph.is_file() or graph.stat().st_size == 0 or not _looks_like_protobuf(graph):

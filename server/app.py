@@ -170,13 +170,24 @@ class GhostServer(LanguageServer):
                 time.sleep(2)
                 try:
                     os.kill(pid, 0)
+                    gone = _is_zombie(pid)  # dead, but not yet reaped by its own parent
                 except ProcessLookupError:
+                    gone = True
+                except PermissionError:
+                    gone = False  # alive, owned by someone else
+                if gone:
                     log.warning("editor process %s is gone; exiting", pid)
                     os._exit(0)
-                except PermissionError:
-                    pass  # alive, owned by someone else
 
         threading.Thread(target=watch, name="ghostls-parent-watch", daemon=True).start()
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[1].split()[0] == b"Z"
+    except (OSError, IndexError):
+        return False  # no /proc (macOS): os.kill alone decides
 
 
 def create_server() -> GhostServer:

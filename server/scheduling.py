@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 
-from pygls.exceptions import JsonRpcContentModified, JsonRpcInvalidParams
+from lsprotocol import types
+from pygls.exceptions import JsonRpcContentModified, JsonRpcException, JsonRpcInternalError, JsonRpcInvalidParams
 
 from ghostls.parsers.document import PositionError
 
@@ -23,8 +25,13 @@ from .typeahead import ShownCompletion, accepted
 log = logging.getLogger(__name__)
 
 
-async def run_completion(ls, uri: str, line: int, character: int, invoked: bool) -> CompletionResult | None:
-    """The completion at a position, or None when there is nothing to say (disabled, superseded...)."""
+async def run_completion(ls, uri: str, line: int, character: int, invoked: bool,
+                         method: str = "textDocument/inlineCompletion") -> CompletionResult | None:
+    """The completion at a position, or None when there is nothing to say (disabled, superseded...).
+
+    An engine failure becomes an InternalError naming `method` and the document version, in the log and in
+    the answer; the worker and the model stay usable for the next request.
+    """
     document = ls.documents.get(uri)
     if document is None:
         raise JsonRpcInvalidParams(f"document {uri} is not open: send textDocument/didOpen first")
@@ -48,6 +55,7 @@ async def run_completion(ls, uri: str, line: int, character: int, invoked: bool)
         ls.speculation.set()  # a request for the model comes first: the speculation stops within a token
 
     cancelled = ls.supersede(uri)
+    work = None
     try:
         if not invoked and settings.debounce_ms:
             await asyncio.sleep(settings.debounce_ms / 1000)
@@ -66,12 +74,21 @@ async def run_completion(ls, uri: str, line: int, character: int, invoked: bool)
                 return _explained(ls, CompletionResult(
                     "", f"model not ready ({status.state.value}: {status.detail})", False))
             backend = model.backend
-        loop = asyncio.get_running_loop()
-        result = await loop.run_in_executor(ls.engine_worker, complete, backend, snapshot, offset, settings,
-                                            cancelled.is_set, ls.prompt_anchors.get(uri))
+        # The thread's own future (not an asyncio one) tells when the worker really lets go after a cancel.
+        work = ls.engine_worker.submit(_generate, backend, snapshot, offset, settings, cancelled.is_set,
+                                       ls.prompt_anchors.get(uri))
+        result = await asyncio.wrap_future(work)
     except asyncio.CancelledError:
         cancelled.set()  # the client gave up: stop the decode loop within one token
+        _log_when_stopped(work, uri, snapshot.version)
         raise
+    except JsonRpcException:
+        raise
+    except Exception as exc:  # noqa: BLE001 - one failed request must not take the server down
+        message = f"{method} failed on {uri} version {snapshot.version}: {type(exc).__name__}: {exc}"
+        log.exception("%s", message)
+        ls.window_log_message(types.LogMessageParams(types.MessageType.Error, f"ghostls: {message}"))
+        raise JsonRpcInternalError(message) from exc
     finally:
         ls.release(uri, cancelled)
 
@@ -126,6 +143,32 @@ async def _speculate(ls, uri: str, snapshot, shown: ShownCompletion, backend, se
     current = ls.shown.get(uri)
     if result is not None and result.text and result.reason != "cancelled" and current and current[0] is shown:
         current.append(ShownCompletion(text, offset, result.text, result.multiline))
+
+
+def _generate(backend, snapshot, offset, settings, cancelled, anchor) -> CompletionResult:
+    """On the worker: a request superseded while it waited in the queue never starts (a typing burst
+    queues many; only the newest should reach the model)."""
+    if cancelled():
+        return CompletionResult("", "cancelled", False)
+    name = snapshot.uri.rsplit("/", 1)[-1]
+    log.debug("generating for %s v%s", name, snapshot.version)
+    result = complete(backend, snapshot, offset, settings, cancelled, anchor)
+    log.debug("generated for %s v%s: %s", name, snapshot.version, result.reason)
+    return result
+
+
+def _log_when_stopped(work, uri: str, version: int) -> None:
+    """Logs when a cancelled generation actually let go of the worker (it checks its flag between tokens)."""
+    if work is None:
+        return
+    cancelled_at = time.perf_counter()
+
+    def done(future) -> None:
+        reason = "never started" if future.cancelled() else "failed" if future.exception() else future.result().reason
+        log.info("cancelled completion %s v%s: generation stopped (%s) %.0f ms after the cancel",
+                 uri.rsplit("/", 1)[-1], version, reason, (time.perf_counter() - cancelled_at) * 1000)
+
+    work.add_done_callback(done)
 
 
 def _explained(ls, result: CompletionResult) -> CompletionResult:

@@ -24,6 +24,20 @@ test_cache_root.__test__ = False  # a helper, not a test
 def pytest_configure(config):
     # Servers started by the tests convert into the test cache, never into the user's own cache.
     os.environ.setdefault("GHOSTLS_CACHE_DIR", str(test_cache_root()))
+    _guard_the_network()
+
+
+def _guard_the_network() -> None:
+    """No test reaches beyond loopback: the guard runs here and, via sitecustomize on PYTHONPATH, in every
+    Python process the tests start (tests/netguard/ghostls_netguard.py; proven by tests/test_netguard.py)."""
+    import sys
+
+    guard_dir = str(Path(__file__).parent / "netguard")
+    sys.path.insert(0, guard_dir)
+    import ghostls_netguard
+
+    ghostls_netguard.install()
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [guard_dir, os.environ.get("PYTHONPATH")]))
 
 
 @pytest.fixture(scope="session")

@@ -18,6 +18,9 @@ from pathlib import Path
 from ghostls import __version__
 
 EXIT_COMPLETION, EXIT_NONE, EXIT_ERROR = 0, 1, 2
+# `serve --tcp`: the shared secret a client must present; required to listen beyond loopback.
+TOKEN_ENV = "GHOSTLS_TCP_TOKEN"
+MIN_TOKEN_LENGTH = 16
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,7 +44,11 @@ def _parser() -> argparse.ArgumentParser:
     mode = serve.add_mutually_exclusive_group()
     mode.add_argument("--stdio", action="store_true", help="talk LSP over stdin/stdout (the default)")
     mode.add_argument("--tcp", type=int, metavar="PORT", help="listen for one LSP client on a TCP port (debugging)")
-    serve.add_argument("--host", default="127.0.0.1", help="TCP address; only loopback addresses are allowed")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="TCP address (default 127.0.0.1); any other than loopback needs a token")
+    serve.add_argument("--token-file", type=Path, metavar="FILE",
+                       help="TCP only: clients must send this file's token as initializationOptions.ghostlsToken "
+                            f"in `initialize` (or set ${TOKEN_ENV}); required for a non-loopback --host")
     serve.add_argument("--model", help="model folder, Hugging Face checkpoint or .gguf (default: embedded)")
     serve.add_argument("--log-level", default="info", choices=["error", "warning", "info", "debug"],
                        help="what the server logs to stderr")
@@ -97,15 +104,32 @@ def _serve(args) -> int:
     server = create_server()
     if args.model:
         server.settings = _with_model(server.settings, args.model)
+    from ghostls.server import wire
+
     if args.tcp is not None:
-        if not _is_loopback(args.host):
-            print(f"ghostls: refusing to listen on {args.host}: the TCP mode has no authentication, so it "
-                  "only binds loopback addresses (127.0.0.1, ::1)", file=sys.stderr)
+        try:
+            token = _tcp_token(args.token_file)
+        except OSError as exc:
+            print(f"ghostls: cannot read the token file: {exc}", file=sys.stderr)
             return EXIT_ERROR
-        server.start_tcp(args.host, args.tcp)
+        if not _is_loopback(args.host) and token is None:
+            print(f"ghostls: refusing to listen on {args.host} without a token: only loopback addresses "
+                  f"(127.0.0.1, ::1) go without one; set ${TOKEN_ENV} or pass --token-file", file=sys.stderr)
+            return EXIT_ERROR
+        wire.serve_tcp(server, args.host, args.tcp, token)
     else:
-        server.start_io()
+        wire.serve_stdio(server)
     return 0
+
+
+def _tcp_token(token_file: Path | None) -> str | None:
+    """The TCP token from --token-file or $GHOSTLS_TCP_TOKEN; a short one is refused as guessable."""
+    token = token_file.read_text().strip() if token_file else os.environ.get(TOKEN_ENV, "").strip()
+    if not token:
+        return None
+    if len(token) < MIN_TOKEN_LENGTH:
+        raise OSError(f"the token must be at least {MIN_TOKEN_LENGTH} characters")
+    return token
 
 
 def _with_model(settings, model: str):

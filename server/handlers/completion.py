@@ -12,7 +12,7 @@ def register(server) -> None:
     async def completion(ls, params: types.CompletionParams) -> types.CompletionList:
         invoked = params.context is None or params.context.trigger_kind == types.CompletionTriggerKind.Invoked
         result = await run_completion(ls, params.text_document.uri, params.position.line,
-                                      params.position.character, invoked)
+                                      params.position.character, invoked, method=types.TEXT_DOCUMENT_COMPLETION)
         if result is None or not result.text:
             return types.CompletionList(is_incomplete=True, items=[])
         first_line = result.text.strip().splitlines()[0] if result.text.strip() else result.text
