@@ -479,7 +479,7 @@ def render_table(report: dict) -> str:
     lines.append("| --- | --- | --- | --- | --- | --- | --- |")
     for name, e in report["engines"].items():
         for size in sizes:
-            s = e["by_size"][size]
+            s = e["by_size"].get(size) or e["by_size"][str(size)]  # str keys once read back from JSON
             lines.append(f"| {name} | {size} | {f(s['ttft_s_p50'])} | {f(s['decode_tps_p50'], 1)} | "
                          f"{f(s['total_s_p50'])} | {f(s['total_s_p95'])} | "
                          f"{f(s['agree_mean'], 1)} / {f(s['new_tokens_mean'], 1)} |")
