@@ -6,6 +6,7 @@ knows nothing of LSP. Every stage is timed so that an empty or cut answer can be
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -15,6 +16,8 @@ from ghostls.parsers.context import gather_context
 from ghostls.parsers.document import DocumentSnapshot
 from ghostls.parsers.postprocess import decide_mode, finalize, stop_check
 from ghostls.parsers.prompt import build_prompt
+from ghostls.parsers.repo_context import EMPTY
+from ghostls.parsers.workspace import Workspace
 
 from .config import Settings
 from .model_host import LoadedModel
@@ -32,10 +35,14 @@ class CompletionResult:
     prompt_tokens: int = 0
     reused_tokens: int = 0
     timings_ms: dict[str, float] = field(default_factory=dict)
+    # What context went in (names, places, token counts; never source text), for ghostls/explain.
+    context: dict = field(default_factory=dict)
+    # The prompt text, kept only for `ghostls/explain` with includePrompt (never logged).
+    prompt: str = ""
 
 
 def complete(model: LoadedModel, snapshot: DocumentSnapshot, offset: int, settings: Settings,
-             cancelled: Callable[[], bool] = lambda: False) -> CompletionResult:
+             cancelled: Callable[[], bool] = lambda: False, workspace: Workspace | None = None) -> CompletionResult:
     timings: dict[str, float] = {}
     clock = time.perf_counter()
 
@@ -48,14 +55,22 @@ def complete(model: LoadedModel, snapshot: DocumentSnapshot, offset: int, settin
     engine, template = model.engine, model.template
     mode = decide_mode(snapshot, offset)
     budget = settings.prompt_budget(engine.provider.name)
-    prompt = build_prompt(snapshot, offset, template, engine.count_tokens, budget=budget)
+    repo = EMPTY
+    if workspace is not None and settings.workspace_context:
+        repo = workspace.context_for(snapshot, offset, template.family, engine.count_tokens, settings.context_tokens)
+    lap("context")
+    prompt = build_prompt(snapshot, offset, template, engine.count_tokens, budget=budget, context=repo.text)
+    local = ""
     if prompt.prefix_truncated:
         # The window misses the top of the file: bring the imports and enclosing headers back in.
-        context = gather_context(snapshot, offset, offset - len(prompt.prefix))
-        if context:
+        local = gather_context(snapshot, offset, offset - len(prompt.prefix))
+        if local:
             prompt = build_prompt(snapshot, offset, template, engine.count_tokens, budget=budget,
-                                  context=context)
+                                  context=repo.text + local)
     lap("prompt")
+    context = {"format": repo.format, "tokens": repo.tokens, "candidates": repo.candidates,
+               "dropped": repo.dropped, "items": [dataclasses.asdict(item) for item in repo.items],
+               "localLines": local.count("\n"), "prefixTruncated": prompt.prefix_truncated}
     ids = engine.encode(prompt.text)
     lap("tokenize")
 
@@ -70,11 +85,11 @@ def complete(model: LoadedModel, snapshot: DocumentSnapshot, offset: int, settin
     clock = time.perf_counter()
     if generation.stop_reason == "cancelled":
         return CompletionResult("", "cancelled", mode.multiline, generation.prompt_tokens,
-                                generation.reused_tokens, timings)
+                                generation.reused_tokens, timings, context, prompt.text)
     final = finalize(snapshot, offset, mode, prompt.heal(generation.text), settings.max_lines)
     lap("postprocess")
     reason = final.reason or generation.stop_reason
     if not final.text and not final.reason:
         reason = f"empty after post-processing (model stopped: {generation.stop_reason})"
     return CompletionResult(final.text, reason, mode.multiline, generation.prompt_tokens,
-                            generation.reused_tokens, timings)
+                            generation.reused_tokens, timings, context, prompt.text)

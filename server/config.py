@@ -33,6 +33,11 @@ class Settings:
     debounce_ms: int = 20  # automatic requests only; invoked ones start at once
     load_wait_ms: int = 5000  # how long a request waits for a model that is still loading
     log_level: str = "info"
+    # Cross-file context: definitions from other workspace files and recent edits, within this many prompt tokens.
+    workspace_context: bool = True
+    context_tokens: int = 256
+    # Extra gitignore-style patterns of files never read nor completed in (on top of the built-in secret list).
+    secret_patterns: tuple[str, ...] = ()
 
     def prompt_budget(self, provider: str) -> int:
         if self.max_prompt_tokens is not None:
@@ -54,6 +59,7 @@ _RANGES = {
     "time_budget_ms": (100, 120_000),
     "debounce_ms": (0, 5000),
     "load_wait_ms": (0, 3_600_000),
+    "context_tokens": (0, 8192),
 }
 
 
@@ -88,6 +94,10 @@ def parse_settings(options: Any, base: Settings | None = None) -> tuple[Settings
 def _coerce(name: str, value: Any, default: Any) -> Any:
     if name in ("model", "max_prompt_tokens") and value is None:
         return None
+    if name == "secret_patterns":
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ValueError("expected a list of gitignore-style patterns")
+        return tuple(value)
     if name == "disabled_languages":
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ValueError("expected a list of language ids")

@@ -29,6 +29,8 @@ async def run_completion(ls, uri: str, line: int, character: int, invoked: bool)
     language = snapshot.language
     if not settings.enable or {language.name, *language.language_ids} & set(settings.disabled_languages):
         return _explained(ls, CompletionResult("", "disabled in settings", False))
+    if (secret := ls.project.secret_reason(uri)) is not None:
+        return _explained(ls, CompletionResult("", secret, False))
     try:
         offset = snapshot.offset_at(line, character, ls.position_encoding)
     except PositionError as exc:
@@ -47,7 +49,7 @@ async def run_completion(ls, uri: str, line: int, character: int, invoked: bool)
                                                    False))
         loop = asyncio.get_running_loop()
         result = await loop.run_in_executor(ls.engine_worker, complete, model, snapshot, offset, settings,
-                                            cancelled.is_set)
+                                            cancelled.is_set, ls.project)
     except asyncio.CancelledError:
         cancelled.set()  # the client gave up: stop the decode loop within one token
         raise
