@@ -14,7 +14,7 @@ from typing import Callable
 from ghostls.inference.engine import GenerationRequest
 from ghostls.parsers.context import gather_context
 from ghostls.parsers.document import DocumentSnapshot
-from ghostls.parsers.postprocess import decide_mode, finalize, stop_check
+from ghostls.parsers.postprocess import decide_mode, finalize, stop_check, syntax_guard
 from ghostls.parsers.prompt import build_prompt
 from ghostls.parsers.repo_context import EMPTY
 from ghostls.parsers.workspace import Workspace
@@ -77,7 +77,8 @@ def complete(model: LoadedModel, snapshot: DocumentSnapshot, offset: int, settin
     max_new = settings.max_new_tokens if mode.multiline else min(settings.max_new_tokens, SINGLE_LINE_MAX_TOKENS)
     request = GenerationRequest(tuple(ids), max_new_tokens=max_new, stop_strings=template.stop,
                                 time_budget_s=settings.time_budget_ms / 1000)
-    complete_at = stop_check(snapshot, offset, mode, settings.max_lines)
+    skip = frozenset(settings.skip_rules)
+    complete_at = stop_check(snapshot, offset, mode, settings.max_lines, skip)
     generation = engine.generate(request, is_complete=lambda text: complete_at(prompt.heal(text)),
                                  cancelled=cancelled)
     timings["prefill"] = round(generation.prefill_s * 1000, 2)
@@ -86,8 +87,12 @@ def complete(model: LoadedModel, snapshot: DocumentSnapshot, offset: int, settin
     if generation.stop_reason == "cancelled":
         return CompletionResult("", "cancelled", mode.multiline, generation.prompt_tokens,
                                 generation.reused_tokens, timings, context, prompt.text)
-    final = finalize(snapshot, offset, mode, prompt.heal(generation.text), settings.max_lines)
+    final = finalize(snapshot, offset, mode, prompt.heal(generation.text), settings.max_lines, skip)
     lap("postprocess")
+    if "syntax" not in skip:
+        # parse: the document re-parsed with the completion merged in, to keep it from adding syntax errors.
+        final = syntax_guard(snapshot, offset, final)
+        lap("parse")
     reason = final.reason or generation.stop_reason
     if not final.text and not final.reason:
         reason = f"empty after post-processing (model stopped: {generation.stop_reason})"

@@ -38,6 +38,8 @@ class Settings:
     context_tokens: int = 256
     # Extra gitignore-style patterns of files never read nor completed in (on top of the built-in secret list).
     secret_patterns: tuple[str, ...] = ()
+    # Post-processing rules to turn off (block, suffix, indent, syntax): for `ghostls eval`'s ablation only.
+    skip_rules: tuple[str, ...] = ()
 
     def prompt_budget(self, provider: str) -> int:
         if self.max_prompt_tokens is not None:
@@ -94,6 +96,11 @@ def parse_settings(options: Any, base: Settings | None = None) -> tuple[Settings
 def _coerce(name: str, value: Any, default: Any) -> Any:
     if name in ("model", "max_prompt_tokens") and value is None:
         return None
+    if name == "skip_rules":
+        from ghostls.parsers.postprocess import RULES
+        if not isinstance(value, list) or not all(v in RULES for v in value):
+            raise ValueError(f"expected a list of rule names from {', '.join(RULES)}")
+        return tuple(value)
     if name == "secret_patterns":
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ValueError("expected a list of gitignore-style patterns")
