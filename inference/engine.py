@@ -6,6 +6,7 @@ touches LSP or the event loop. One generation runs at a time: the KV cache is a 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -32,6 +33,10 @@ class GenerationRequest:
     max_new_tokens: int = 64
     stop_strings: tuple[str, ...] = ()
     time_budget_s: float = 5.0
+    # Tokens the answer must start with (an alternative's first token); fed after the prompt, returned as generated.
+    forced: tuple[int, ...] = ()
+    # How many of the most likely first tokens to report (for alternative candidates); 0 for none.
+    first_choices: int = 0
 
 
 @dataclass(frozen=True)
@@ -43,6 +48,7 @@ class Generation:
     reused_tokens: int  # prompt tokens whose KV cache came from the previous request
     prefill_s: float
     decode_s: float
+    first_choices: tuple[int, ...] = ()  # the most likely first tokens, best first, when the request asked
 
 
 @dataclass
@@ -126,10 +132,12 @@ class Engine:
         room = self.context_length - request.max_new_tokens
         prompt = list(request.prompt_ids[-room:]) if room > 0 else list(request.prompt_ids[-1:])
         prompt = prompt or list(self.start_ids)
+        forced = list(request.forced)
 
-        # Step 1: reuse the KV cache of the longest common prefix with what the cache holds.
-        kv, reused = self._reusable_state(prompt, request.max_new_tokens)
-        pending = prompt[reused:]
+        # Step 1: reuse the KV cache of the longest common prefix with what the cache holds (an alternative's
+        # prompt is the previous answer's prompt, so only its forced first token is new).
+        kv, reused = self._reusable_state(prompt + forced, request.max_new_tokens)
+        pending = (prompt + forced)[reused:]
 
         # Step 2: prefill the rest of the prompt, a chunk at a time, checking for cancellation.
         while pending:
@@ -141,9 +149,15 @@ class Engine:
         prefilled = time.perf_counter()
 
         # Step 3: greedy decoding, one token at a time, each step checking every way to stop.
-        new_ids: list[int] = []
-        text = ""
+        new_ids: list[int] = forced
+        text = self.tokenizer.decode(forced, skip_special_tokens=False) if forced else ""
         reason = "max_tokens"
+        choices: tuple[int, ...] = ()
+        if request.first_choices and not forced:
+            # The logits of the prompt's last token are already computed: ranking them costs no model run.
+            logits = kv.generator.get_logits().reshape(-1)
+            top = logits.argsort()[::-1][: request.first_choices + len(self.eos_ids)]
+            choices = tuple(int(t) for t in top if int(t) not in self.eos_ids)[: request.first_choices]
         while len(new_ids) < request.max_new_tokens:
             if cancelled():
                 reason = "cancelled"
@@ -170,7 +184,8 @@ class Engine:
             if is_complete(text):
                 reason = "complete"
                 break
-        return self._result(new_ids, reason, prompt, reused, started, prefilled, text)
+        result = self._result(new_ids, reason, prompt, reused, started, prefilled, text)
+        return dataclasses.replace(result, first_choices=choices) if choices else result
 
     def _reusable_state(self, prompt: list[int], max_new_tokens: int) -> tuple[_KvState, int]:
         og = self._og

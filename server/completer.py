@@ -25,6 +25,10 @@ from .model_host import LoadedModel
 
 # A single-line completion needs few tokens; stopping early keeps it quick.
 SINGLE_LINE_MAX_TOKENS = 48
+# An invoked request (the user asked) offers this many distinct candidates to cycle through; an automatic one, one.
+MAX_CANDIDATES = 3
+# Alternatives start from the next most likely first tokens (branching costs decode steps only, no prefill).
+FIRST_TOKEN_BRANCHES = 4
 
 
 @dataclass(frozen=True)
@@ -39,10 +43,13 @@ class CompletionResult:
     context: dict = field(default_factory=dict)
     # The prompt text, kept only for `ghostls/explain` with includePrompt (never logged).
     prompt: str = ""
+    # More candidates after `text`, distinct, for an invoked request.
+    alternatives: tuple[str, ...] = ()
 
 
 def complete(model: LoadedModel, snapshot: DocumentSnapshot, offset: int, settings: Settings,
-             cancelled: Callable[[], bool] = lambda: False, workspace: Workspace | None = None) -> CompletionResult:
+             cancelled: Callable[[], bool] = lambda: False, workspace: Workspace | None = None,
+             invoked: bool = False) -> CompletionResult:
     timings: dict[str, float] = {}
     clock = time.perf_counter()
 
@@ -75,8 +82,10 @@ def complete(model: LoadedModel, snapshot: DocumentSnapshot, offset: int, settin
     lap("tokenize")
 
     max_new = settings.max_new_tokens if mode.multiline else min(settings.max_new_tokens, SINGLE_LINE_MAX_TOKENS)
+    deadline = time.perf_counter() + settings.time_budget_ms / 1000
     request = GenerationRequest(tuple(ids), max_new_tokens=max_new, stop_strings=template.stop,
-                                time_budget_s=settings.time_budget_ms / 1000)
+                                time_budget_s=settings.time_budget_ms / 1000,
+                                first_choices=FIRST_TOKEN_BRANCHES if invoked else 0)
     skip = frozenset(settings.skip_rules)
     complete_at = stop_check(snapshot, offset, mode, settings.max_lines, skip)
     generation = engine.generate(request, is_complete=lambda text: complete_at(prompt.heal(text)),
@@ -93,8 +102,29 @@ def complete(model: LoadedModel, snapshot: DocumentSnapshot, offset: int, settin
         # parse: the document re-parsed with the completion merged in, to keep it from adding syntax errors.
         final = syntax_guard(snapshot, offset, final)
         lap("parse")
-    reason = final.reason or generation.stop_reason
-    if not final.text and not final.reason:
-        reason = f"empty after post-processing (model stopped: {generation.stop_reason})"
-    return CompletionResult(final.text, reason, mode.multiline, generation.prompt_tokens,
-                            generation.reused_tokens, timings, context, prompt.text)
+    reason = f"{final.reason} (model stopped: {generation.stop_reason})"
+
+    def finish(text: str) -> str:
+        candidate = finalize(snapshot, offset, mode, prompt.heal(text), settings.max_lines, skip)
+        return (candidate if "syntax" in skip else syntax_guard(snapshot, offset, candidate)).text
+
+    # Alternatives: greedy continuations of the next most likely first tokens, while time is left.
+    candidates = [final.text] if final.text else []
+    for token in generation.first_choices:
+        if len(candidates) >= MAX_CANDIDATES or cancelled() or time.perf_counter() >= deadline:
+            break
+        if generation.token_ids[:1] == (token,):
+            continue  # that is the greedy answer
+        branch = engine.generate(
+            dataclasses.replace(request, forced=(token,), first_choices=0,
+                                time_budget_s=max(deadline - time.perf_counter(), 0.05)),
+            is_complete=lambda text: complete_at(prompt.heal(text)), cancelled=cancelled)
+        if branch.stop_reason == "cancelled":
+            break
+        text = finish(branch.text)
+        if text and text not in candidates:
+            candidates.append(text)
+    if generation.first_choices:
+        lap("alternatives")
+    return CompletionResult(candidates[0] if candidates else "", reason, mode.multiline, generation.prompt_tokens,
+                            generation.reused_tokens, timings, context, prompt.text, tuple(candidates[1:]))

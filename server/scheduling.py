@@ -49,7 +49,7 @@ async def run_completion(ls, uri: str, line: int, character: int, invoked: bool)
                                                    False))
         loop = asyncio.get_running_loop()
         result = await loop.run_in_executor(ls.engine_worker, complete, model, snapshot, offset, settings,
-                                            cancelled.is_set, ls.project)
+                                            cancelled.is_set, ls.project, invoked)
     except asyncio.CancelledError:
         cancelled.set()  # the client gave up: stop the decode loop within one token
         raise

@@ -25,12 +25,19 @@ async def _start(root: Path, model: Path, log: Path, family_options: dict | None
     def _create(params):
         return None
 
+    registered = client.registered = []
+
+    @client.feature(types.CLIENT_REGISTER_CAPABILITY)
+    def _register(params: types.RegistrationParams):
+        registered.extend(r.method for r in params.registrations)
+
     for method in (types.PROGRESS, types.WINDOW_LOG_MESSAGE, types.WINDOW_SHOW_MESSAGE, "ghostls/status"):
         client.feature(method)(lambda params: None)
     # The server's stderr goes to a file, at the default log level, so the test can read all of it.
     await client.start_io("sh", "-c", f'exec "{sys.executable}" -m ghostls.cli.main serve --stdio 2>"{log}"')
     await client.initialize_async(types.InitializeParams(
-        capabilities=types.ClientCapabilities(),
+        capabilities=types.ClientCapabilities(workspace=types.WorkspaceClientCapabilities(
+            did_change_watched_files=types.DidChangeWatchedFilesClientCapabilities(dynamic_registration=True))),
         root_uri=root.as_uri(),
         workspace_folders=[types.WorkspaceFolder(uri=root.as_uri(), name=root.name)],
         initialization_options={"model": str(model), "loadWaitMs": 120_000, "debounceMs": 0, "maxNewTokens": 8,
@@ -79,6 +86,7 @@ async def test_definition_from_another_file_reaches_the_prompt_and_secrets_never
     client = await _start(root, tiny_model("qwen"), log)
     try:
         await _wait_for_index(client, 4)
+        assert client.registered == [types.WORKSPACE_DID_CHANGE_WATCHED_FILES]
         uri = _open(client, root / "main.py", "python")
         _, explained = await _complete(client, uri, 6, len("    d = distance_between("))
         prompt = explained.last.prompt
@@ -121,5 +129,27 @@ async def test_context_uses_a_comment_block_for_a_prefix_only_model(tmp_path, ti
         assert prompt.startswith("// Code from web/format.js:\n")
         assert "// function padTwo(n) {" in prompt
         assert prompt.endswith("console.log(padTwo(")
+    finally:
+        await _stop(client)
+
+
+async def test_watched_file_changes_reach_the_index(tmp_path, tiny_model):
+    root = tmp_path / "ws"
+    shutil.copytree(FIXTURE, root)
+    client = await _start(root, tiny_model("qwen"), tmp_path / "server.log")
+    try:
+        await _wait_for_index(client, 4)
+        uri = _open(client, root / "main.py", "python")
+        # A new file appears on disk, and main.py starts using what it defines.
+        (root / "shapes" / "scale.py").write_text("def scale_polygon(polygon, factor):\n    return polygon\n")
+        client.workspace_did_change_watched_files(types.DidChangeWatchedFilesParams(changes=[types.FileEvent(
+            uri=(root / "shapes" / "scale.py").as_uri(), type=types.FileChangeType.Created)]))
+        await _wait_for_index(client, 5)
+        client.text_document_did_change(types.DidChangeTextDocumentParams(
+            text_document=types.VersionedTextDocumentIdentifier(uri=uri, version=2),
+            content_changes=[types.TextDocumentContentChangePartial(
+                range=types.Range(types.Position(6, 4), types.Position(6, 4)), text="scale_polygon(square, 2)\n    ")]))
+        _, explained = await _complete(client, uri, 7, len("    d = distance_between("))
+        assert "<|file_sep|>shapes/scale.py\ndef scale_polygon(polygon, factor):" in explained.last.prompt
     finally:
         await _stop(client)

@@ -17,8 +17,9 @@ def register(server) -> None:
         last = None
         include_prompt = bool(_get(params, "includePrompt"))
         if result is not None:
-            last = {k: v for k, v in dataclasses.asdict(result).items() if k not in ("text", "prompt")}
+            last = {k: v for k, v in dataclasses.asdict(result).items() if k not in ("text", "prompt", "alternatives")}
             last["chars"] = len(result.text)
+            last["candidates"] = int(bool(result.text)) + len(result.alternatives)
             if include_prompt:
                 last["prompt"] = result.prompt
         return {"model": {"state": status.state.value, "detail": status.detail, "model": status.model,

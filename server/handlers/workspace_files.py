@@ -26,7 +26,10 @@ def register(server) -> None:
 
 
 def watch_files(ls) -> None:
-    """Asks the client to report file changes under the workspace (all files: the index filters them)."""
+    """Asks the client to report file changes under the workspace (all files: the index filters them).
+    Without workspace folders there is nothing to watch, and nothing is asked."""
+    if not ls.project.roots:
+        return
     workspace = ls.client_capabilities.workspace
     watched = workspace.did_change_watched_files if workspace else None
     if not (watched and watched.dynamic_registration):
