@@ -58,6 +58,19 @@ def _parser() -> argparse.ArgumentParser:
                           help="seconds to wait, including a first-use model conversion")
     complete.set_defaults(func=_complete)
 
+    evaluate = sub.add_parser("eval", help="cut holes in a repository and score the server's completions")
+    evaluate.add_argument("repository", help="folder of the repository to evaluate on (read, never written)")
+    evaluate.add_argument("--limit", type=int, default=40, help="number of holes (default 40)")
+    evaluate.add_argument("--seed", type=int, default=1)
+    evaluate.add_argument("--model", help="model folder, Hugging Face checkpoint or .gguf (default: embedded)")
+    evaluate.add_argument("--ablation", action="store_true",
+                          help="also run without each post-processing rule and without cross-file context")
+    evaluate.add_argument("--no-naive", action="store_true", help="skip the naive peer")
+    evaluate.add_argument("--time-budget-ms", type=int, default=30_000,
+                          help="per-completion time budget, for both (default 30000: quality, not the machine's load)")
+    evaluate.add_argument("--json", metavar="FILE", help="write every hole's scores here")
+    evaluate.set_defaults(func=_eval)
+
     model = sub.add_parser("model", help="convert, list and inspect models")
     model_sub = model.add_subparsers(metavar="ACTION")
     convert = model_sub.add_parser("convert", help="convert a Hugging Face folder or a .gguf file to ONNX")
@@ -275,6 +288,12 @@ class _ProgressBar:
 
 
 # -- model ---------------------------------------------------------------------------------------
+def _eval(args) -> int:
+    from .evaluate import run
+
+    return run(args)
+
+
 def _model_convert(args) -> int:
     from ghostls.inference import convert, embedded
     from ghostls.inference.cache import ModelError
