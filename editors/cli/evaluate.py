@@ -220,7 +220,8 @@ class NaivePeer:
 
 
 async def _evaluate(root: Path, holes: list[Hole], configs: dict[str, dict], model: str | None,
-                    naive: NaivePeer | None, progress, time_budget_ms: int) -> dict[str, list[dict]]:
+                    naive: NaivePeer | None, progress, time_budget_ms: int,
+                    prompt_tokens: int | None) -> dict[str, list[dict]]:
     from lsprotocol import types
     from pygls.lsp.client import LanguageClient
 
@@ -242,7 +243,8 @@ async def _evaluate(root: Path, holes: list[Hole], configs: dict[str, dict], mod
     await client.initialize_async(types.InitializeParams(
         capabilities=types.ClientCapabilities(), root_uri=root.as_uri(),
         workspace_folders=[types.WorkspaceFolder(uri=root.as_uri(), name=root.name)],
-        initialization_options={"loadWaitMs": 3_600_000, "debounceMs": 0, "timeBudgetMs": time_budget_ms}))
+        initialization_options={"loadWaitMs": 3_600_000, "debounceMs": 0, "timeBudgetMs": time_budget_ms,
+                                **({"maxPromptTokens": prompt_tokens} if prompt_tokens else {})}))
     client.initialized(types.InitializedParams())
     # Let the index finish, so every hole sees the same workspace.
     for _ in range(600):
@@ -277,7 +279,7 @@ async def _evaluate(root: Path, holes: list[Hole], configs: dict[str, dict], mod
             started = time.perf_counter()
             got = naive.complete(hole)
             rows[NAIVE].append(score(hole, got, time.perf_counter() - started))
-        progress(number + 1, len(holes))
+        progress(number + 1, len(holes), rows)
     await client.shutdown_async(None)
     client.exit(None)
     await client.stop()
@@ -309,12 +311,16 @@ def run(args) -> int:
     configs = dict(CONFIGS) if args.ablation else {FULL: CONFIGS[FULL]}
     naive = None
     if not args.no_naive:
-        naive = NaivePeer(_model_dir(args.model), time_budget_s=args.time_budget_ms / 1000)
+        naive = NaivePeer(_model_dir(args.model), budget=args.max_prompt_tokens or 1024,
+                          time_budget_s=args.time_budget_ms / 1000)
 
-    def progress(done: int, total: int) -> None:
+    def progress(done: int, total: int, rows: dict) -> None:
         print(f"\r{done}/{total} holes", end="", file=sys.stderr, flush=True)
+        if args.json:  # as it goes, so a long run that is stopped still leaves its figures
+            Path(args.json).write_text(json.dumps({"rows": rows}, indent=1))
 
-    rows = asyncio.run(_evaluate(root, holes, configs, args.model, naive, progress, args.time_budget_ms))
+    rows = asyncio.run(_evaluate(root, holes, configs, args.model, naive, progress, args.time_budget_ms,
+                                 args.max_prompt_tokens))
     print(file=sys.stderr)
     summaries = {name: summarize(r) for name, r in rows.items()}
     by_kind = {kind: {name: summarize([x for x in r if x["kind"] == kind]) for name, r in rows.items()}

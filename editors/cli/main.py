@@ -68,6 +68,8 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--no-naive", action="store_true", help="skip the naive peer")
     evaluate.add_argument("--time-budget-ms", type=int, default=30_000,
                           help="per-completion time budget, for both (default 30000: quality, not the machine's load)")
+    evaluate.add_argument("--max-prompt-tokens", type=int,
+                          help="prompt budget for the server and the naive peer (default: the server's, 1024 on a CPU)")
     evaluate.add_argument("--json", metavar="FILE", help="write every hole's scores here")
     evaluate.set_defaults(func=_eval)
 
