@@ -20,6 +20,7 @@ from pathlib import Path
 
 import tree_sitter
 
+from .document import DocumentSnapshot
 from .ignore import IgnoreRules, uri_to_path
 from .languages import PLAINTEXT, LanguageRules, _language, parser_for, rules_for
 
@@ -29,6 +30,8 @@ log = logging.getLogger(__name__)
 SMALL_BODY_LINES = 12
 MAX_SNIPPET_LINES = 24
 MAX_DOC_LINES = 6
+# An open document is re-indexed this long after its last change (a typing burst costs one query).
+DOCUMENT_QUIET_S = 0.3
 
 
 @dataclass(frozen=True)
@@ -211,7 +214,7 @@ class IndexWorker:
     def __init__(self, index: SymbolIndex, ignore: IgnoreRules, limits: IndexLimits = IndexLimits()) -> None:
         self.index, self.ignore, self.limits = index, ignore, limits
         self._jobs: queue.Queue = queue.Queue()
-        self._pending: dict[str, tuple[str, LanguageRules]] = {}
+        self._pending: dict[str, tuple[DocumentSnapshot, float]] = {}
         self._open: set[str] = set()
         self._lock = threading.Lock()
         self._state = "idle"
@@ -225,15 +228,16 @@ class IndexWorker:
         self._state = "building"
         self._jobs.put(("scan", None))
 
-    def document(self, uri: str, text: str, rules: LanguageRules) -> None:
-        """An open document's newest text; parsed later on the index thread."""
-        key = document_key(uri)
+    def document(self, snapshot: DocumentSnapshot) -> None:
+        """An open document's newest version; its tree (already parsed by the document) is queried later, on the
+        index thread, after a short quiet spell so a typing burst costs one query."""
+        key = document_key(snapshot.uri)
         if self._is_secret(key):
             return
         with self._lock:
             self._open.add(key)
             fresh = key not in self._pending
-            self._pending[key] = (text, rules)
+            self._pending[key] = (snapshot, time.monotonic())
         if fresh:
             self._jobs.put(("text", key))
 
@@ -273,9 +277,7 @@ class IndexWorker:
                 if kind == "scan":
                     self._scan()
                 elif kind == "text":
-                    with self._lock:
-                        text, rules = self._pending.pop(key)
-                    self._index_text(key, text, rules)
+                    self._index_snapshot(key)
                 elif kind == "file":
                     self._index_file(key)
             except Exception:  # one bad file must not stop the index
@@ -286,7 +288,32 @@ class IndexWorker:
     def _is_secret(self, key: str) -> bool:
         return os.path.isabs(key) and self.ignore.is_secret(key)
 
+    def _index_snapshot(self, key: str) -> None:
+        while True:
+            with self._lock:
+                _, since = self._pending[key]
+            quiet = since + DOCUMENT_QUIET_S - time.monotonic()
+            if quiet <= 0:
+                break
+            time.sleep(quiet)
+        with self._lock:
+            snapshot, _ = self._pending.pop(key)
+        if len(snapshot.text) > self.limits.max_file_bytes:
+            self.index.remove(key)  # chars <= bytes: over the cap without encoding it
+            return
+        if snapshot.tree is None:
+            self._index_text(key, snapshot.text, snapshot.language)
+            return
+        source = snapshot.source
+        if len(source) > self.limits.max_file_bytes:
+            self.index.remove(key)
+            return
+        self.index.put(key, definitions_in(key, source, snapshot.tree, snapshot.language), len(source))
+
     def _index_text(self, key: str, text: str, rules: LanguageRules) -> None:
+        if len(text) > self.limits.max_file_bytes:
+            self.index.remove(key)
+            return
         data = text.encode("utf-8", "surrogatepass")
         if len(data) > self.limits.max_file_bytes or b"\x00" in data:
             self.index.remove(key)

@@ -15,7 +15,6 @@ from collections.abc import Callable, Iterable
 from .document import DocumentSnapshot
 from .ignore import IGNORE_FILE, IgnoreRules, uri_to_path
 from .index import IndexLimits, IndexWorker, SymbolIndex, document_key
-from .languages import LanguageRules
 from .repo_context import EMPTY, RecentEdit, RepoContext, build_repo_context
 
 MAX_RECENT_EDITS = 4
@@ -43,11 +42,11 @@ class Workspace:
         return None
 
     # -- events from the editor (event loop: record and queue only) -----------------------------------------
-    def document_opened(self, uri: str, text: str, rules: LanguageRules) -> None:
-        self._update(uri, text, rules, edit_line=None)
+    def document_opened(self, snapshot: DocumentSnapshot) -> None:
+        self._update(snapshot, edit_line=None)
 
-    def document_changed(self, uri: str, text: str, rules: LanguageRules, edit_line: int | None) -> None:
-        self._update(uri, text, rules, edit_line)
+    def document_changed(self, snapshot: DocumentSnapshot, edit_line: int | None) -> None:
+        self._update(snapshot, edit_line)
 
     def document_closed(self, uri: str) -> None:
         key = document_key(uri)
@@ -73,19 +72,19 @@ class Workspace:
             if self.worker is not None:
                 self.worker.scan()  # files may have come in or out of the index
 
-    def _update(self, uri: str, text: str, rules: LanguageRules, edit_line: int | None) -> None:
-        if self.secret_reason(uri):
+    def _update(self, snapshot: DocumentSnapshot, edit_line: int | None) -> None:
+        if self.secret_reason(snapshot.uri):
             return  # never kept, never indexed
-        key = document_key(uri)
+        key = document_key(snapshot.uri)
         with self._lock:
-            self._texts[key] = text
+            self._texts[key] = snapshot.text
             if edit_line is not None:
                 self._recent.pop(key, None)
                 self._recent[key] = edit_line
                 while len(self._recent) > MAX_RECENT_EDITS:
                     self._recent.popitem(last=False)
         if self.worker is not None:
-            self.worker.document(uri, text, rules)
+            self.worker.document(snapshot)
 
     # -- per request (worker thread) ------------------------------------------------------------------------
     def recent_edits(self, exclude_key: str) -> list[RecentEdit]:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import tree_sitter
 
-from ghostls.parsers.document import Document
+from ghostls.parsers.document import Document, PositionEncoding
 from ghostls.parsers.index import IndexLimits, _tag_query
 from ghostls.parsers.languages import all_rules
 from ghostls.parsers.repo_context import build_repo_context
@@ -47,7 +47,7 @@ def workspace(root: Path):
 def _open(ws: Workspace, path: Path, language: str = "python", text: str | None = None) -> Document:
     text = path.read_text() if text is None else text
     document = Document(path.as_uri(), language, 1, text)
-    ws.document_opened(document.uri, document.text, document.language)
+    ws.document_opened(document.snapshot())
     return document
 
 
@@ -88,7 +88,8 @@ def test_secret_documents_are_refused_and_never_kept(workspace: Workspace, root:
     for name in (*SECRET_FILES, "private/notes.py"):
         uri = (root / name).as_uri()
         assert workspace.secret_reason(uri) is not None, name
-        workspace.document_changed(uri, (root / name).read_text(), all_rules()["python"], edit_line=0)
+        secret = Document(uri, "python", 1, (root / name).read_text())
+        workspace.document_changed(secret.snapshot(), edit_line=0)
     assert workspace.secret_reason((root / "main.py").as_uri()) is None
     assert workspace.worker.wait_idle(10)
     assert all(CANARY not in edit.text for edit in workspace.recent_edits(""))
@@ -141,8 +142,8 @@ def test_index_follows_edits_saves_and_deletions(workspace: Workspace, root: Pat
     geometry = root / "shapes" / "geometry.py"
     # An open document's new text is indexed (didChange), without touching the disk.
     document = _open(workspace, geometry)
-    workspace.document_changed(document.uri, document.text + "\n\ndef midpoint(a, b):\n    return a\n",
-                               document.language, edit_line=36)
+    document.apply_change("\n\ndef midpoint(a, b):\n    return a\n", ((32, 0), (32, 0)), 2, PositionEncoding.UTF16)
+    workspace.document_changed(document.snapshot(), edit_line=34)
     assert workspace.worker.wait_idle(10)
     assert [d.name for d in workspace.index.lookup("midpoint")] == ["midpoint"]
     # A new file on disk (didChangeWatchedFiles) comes in; a deleted one goes out.

@@ -20,7 +20,7 @@ def register(server) -> None:
     def did_open(ls, params: types.DidOpenTextDocumentParams) -> None:
         doc = params.text_document
         document = ls.documents[doc.uri] = Document(doc.uri, doc.language_id, doc.version, doc.text)
-        ls.project.document_opened(doc.uri, document.text, document.language)
+        ls.project.document_opened(document.snapshot())
 
     @server.feature(types.TEXT_DOCUMENT_DID_CHANGE)
     def did_change(ls, params: types.DidChangeTextDocumentParams) -> None:
@@ -46,8 +46,8 @@ def register(server) -> None:
                 return
         last = params.content_changes[-1] if params.content_changes else None
         edit_line = last.range.start.line if isinstance(last, types.TextDocumentContentChangePartial) else None
-        # Only records the text; the index parses it later on its own thread.
-        ls.project.document_changed(uri, document.text, document.language, edit_line)
+        # Only records the snapshot (its tree is a cheap copy); the index queries it later on its own thread.
+        ls.project.document_changed(document.snapshot(), edit_line)
 
     @server.feature(types.TEXT_DOCUMENT_DID_CLOSE)
     def did_close(ls, params: types.DidCloseTextDocumentParams) -> None:
