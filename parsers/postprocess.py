@@ -427,6 +427,17 @@ def _width(indent: str) -> int:
     return len(indent.expandtabs(4))
 
 
+def block_continues_below(snapshot: DocumentSnapshot, offset: int, mode: CompletionMode) -> bool:
+    """True when the cursor is on a blank line inside a block whose code goes on below it (the next non-blank line is
+    at the block's indentation or deeper): new code goes between existing lines there, one line at a time, for a
+    model that cannot see the suffix."""
+    cursor = _cursor(snapshot, offset)
+    if cursor.before.strip() or not cursor.suffix_lines:
+        return False
+    following = cursor.suffix_lines[0]
+    return _width(_indent_of(following)) >= _width(mode.indent) and following.lstrip()[:1] not in _CLOSERS
+
+
 # The syntax guard ---------------------------------------------------------------------------------------------
 
 

@@ -14,7 +14,8 @@ from typing import Callable
 from ghostls.inference.engine import GenerationRequest
 from ghostls.parsers.context import gather_context
 from ghostls.parsers.document import DocumentSnapshot
-from ghostls.parsers.postprocess import decide_mode, finalize, stop_check, syntax_guard
+from ghostls.parsers.postprocess import (block_continues_below, decide_mode, finalize, stop_check,
+                                         syntax_guard)
 from ghostls.parsers.prompt import build_prompt
 from ghostls.parsers.repo_context import EMPTY
 from ghostls.parsers.workspace import Workspace
@@ -61,6 +62,9 @@ def complete(model: LoadedModel, snapshot: DocumentSnapshot, offset: int, settin
 
     engine, template = model.engine, model.template
     mode = decide_mode(snapshot, offset)
+    if mode.multiline and not template.uses_suffix and block_continues_below(snapshot, offset, mode):
+        # A prefix-only model cannot see the lines below, so a block from it would re-type them: one line.
+        mode = dataclasses.replace(mode, multiline=False, reason="between lines (the model cannot see the suffix)")
     budget = settings.prompt_budget(engine.provider.name)
     repo = EMPTY
     if workspace is not None and settings.workspace_context:

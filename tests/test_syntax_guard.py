@@ -95,3 +95,17 @@ def test_skipping_the_block_rule_keeps_lines_past_the_block():
     generated = "return x\n\ndef g():\n    pass"
     assert _finalize("python", source, generated).text == "return x"
     assert _finalize("python", source, generated, skip=frozenset({"block"})).text == generated
+
+
+def test_block_continues_below():
+    from ghostls.parsers.postprocess import block_continues_below, decide_mode
+
+    def check(source: str) -> bool:
+        offset = source.index("|")
+        snapshot = Document("file:///t/a.py", "python", 1, source.replace("|", "", 1)).snapshot()
+        return block_continues_below(snapshot, offset, decide_mode(snapshot, offset))
+
+    assert check("def f(x):\n    y = 1\n    |\n    return y\n")  # code goes on below: between lines
+    assert not check("def f(x):\n    y = 1\n    |\n\nprint(f(1))\n")  # the block ends here
+    assert not check("def f(x):\n    |\n")  # nothing below
+    assert not check("def f(x):\n    y = |\n    return y\n")  # not a blank line
