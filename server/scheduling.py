@@ -62,8 +62,9 @@ async def run_completion(ls, uri: str, line: int, character: int, invoked: bool)
         raise JsonRpcContentModified(f"{uri} changed while the completion was computed")
     if result.reason == "cancelled":
         return None
-    log.info("completion %s v%s: %d chars, %s, prompt %d tokens (%d reused), %s", uri.rsplit("/", 1)[-1],
-             snapshot.version, len(result.text), result.reason, result.prompt_tokens, result.reused_tokens,
+    log.info("completion %s v%s: %d chars, %s, prompt %d tokens (%d reused), context %d snippets (%d tokens), %s",
+             uri.rsplit("/", 1)[-1], snapshot.version, len(result.text), result.reason, result.prompt_tokens,
+             result.reused_tokens, len(result.context.get("items", ())), result.context.get("tokens", 0),
              result.timings_ms)
     return _explained(ls, result)
 
