@@ -473,11 +473,66 @@ def syntax_guard(snapshot: DocumentSnapshot, offset: int, completion: Completion
     # An opener on the last line ("if x:", "{") is complete once the user writes the body: judge what is above it.
     if _ends_with_opener(lines[-1], snapshot.language.block_openers) and not adds_errors("\n".join(lines[:-1])):
         return Completion(text, _join(completion.reason, "ends in an open block"))
+    # The last line was cut short (a token or time limit) or ran on: close what it left open, or cut it back to a
+    # word boundary, before giving the whole line up.
+    above = "\n".join(lines[:-1]) + "\n" if len(lines) > 1 else ""
+    for line, how in _line_repairs(lines[-1], _unclosed(above)):
+        candidate = (above + line).rstrip()
+        if line.strip() and not adds_errors(candidate):
+            return Completion(candidate, _join(completion.reason, f"{how} the last line: as written it adds syntax errors"))
     for keep in range(len(lines) - 1, 0, -1):
         head = "\n".join(lines[:keep]).rstrip()
         if head.strip() and not adds_errors(head):
             return Completion(head, _join(completion.reason, f"cut to {keep} line(s): the rest adds syntax errors"))
     return Completion("", _join(completion.reason, "rejected: it adds syntax errors"))
+
+
+_MAX_REPAIRS = 10
+
+
+def _line_repairs(line: str, opened: list[str]):
+    """Shorter or closed versions of a line, longest first: closed as is, then cut back at word boundaries
+    (each also closed)."""
+    tried = 0
+    cuts = [len(line)] + [i for i in range(len(line) - 1, 0, -1) if line[i] in " ,.([{)]}" and line[i - 1] != " "]
+    for cut in cuts:
+        head = line[:cut].rstrip()
+        closers = _closers_for(opened + _unclosed(head))
+        for candidate, how in ((head + closers, "closed"), (head, "cut back")):
+            if cut == len(line) and how == "cut back":
+                continue  # the line as written already failed
+            if how == "closed" and not closers:
+                continue
+            yield candidate, how
+            tried += 1
+            if tried >= _MAX_REPAIRS:
+                return
+
+
+def _unclosed(text: str) -> list[str]:
+    """Brackets and quotes text opens and does not close, innermost last."""
+    stack: list[str] = []
+    quote: str | None = None
+    for i, ch in enumerate(text):
+        if quote:
+            if ch == quote and (i == 0 or text[i - 1] != "\\"):
+                quote = None
+                stack.pop()
+            elif ch == "\n" and quote != "`":
+                quote = None  # strings rarely span lines in completions
+                stack.pop()
+        elif ch in _QUOTES:
+            quote = ch
+            stack.append(ch)
+        elif ch in _OPENERS:
+            stack.append(ch)
+        elif ch in _CLOSERS and stack and stack[-1] == _OPENERS[_CLOSERS.index(ch)]:
+            stack.pop()
+    return stack
+
+
+def _closers_for(opened: list[str]) -> str:
+    return "".join(ch if ch in _QUOTES else _CLOSERS[_OPENERS.index(ch)] for ch in reversed(opened))
 
 
 def _error_count(node: tree_sitter.Node, limit: int = 200) -> int:

@@ -48,7 +48,7 @@ def test_garbage_is_rejected_and_a_comment_kept(language):
 
 def test_a_multi_line_body_is_cut_before_its_broken_line():
     source = "def total(items):\n    |\n"
-    got = _guard("python", source, "result = 0\n    for item in items:\n        result += item\n    return (result")
+    got = _guard("python", source, "result = 0\n    for item in items:\n        result += item\n    ]] )")
     assert got.text == "result = 0\n    for item in items:\n        result += item"
     assert "cut to 3 line(s)" in got.reason
 
@@ -69,7 +69,8 @@ def test_existing_errors_do_not_count_against_the_completion():
 def test_completing_an_open_call_is_accepted_and_unbalancing_it_is_not():
     source = "result = compute(|)\n"
     assert _guard("python", source, "1, 2").text == "1, 2"
-    assert _guard("python", source, "1, 2))").text == ""
+    # One ")" too many against the suffix's own: cut back to where it balances.
+    assert _guard("python", source, "1, 2))").text == "1, 2"
 
 
 def _finalize(language: str, source: str, generated: str, skip=frozenset()):
@@ -109,3 +110,17 @@ def test_block_continues_below():
     assert not check("def f(x):\n    y = 1\n    |\n\nprint(f(1))\n")  # the block ends here
     assert not check("def f(x):\n    |\n")  # nothing below
     assert not check("def f(x):\n    y = |\n    return y\n")  # not a blank line
+
+
+def test_a_line_cut_short_is_closed_or_cut_back_before_it_is_given_up():
+    # Cut off by the token limit inside a call: closing it is enough.
+    got = _guard("python", "import os\n|\nx = 1\n", "path = os.path.join(root, 'conf")
+    assert got.text == "path = os.path.join(root, 'conf')"
+    assert "closed the last line" in got.reason
+    # Ran on into something that cannot be closed: cut back to where it still parses.
+    got = _guard("python", "import os\n|\nx = 1\n", "value = compute(1) if")
+    assert got.text == "value = compute(1)"
+    assert "cut back the last line" in got.reason
+    # The lines above are kept; only the last one is repaired.
+    got = _guard("python", "def f(items):\n    |\n", "total = 0\n    for item in items:\n        total += weight(item")
+    assert got.text == "total = 0\n    for item in items:\n        total += weight(item)"
