@@ -171,6 +171,8 @@ def score(hole: Hole, completion: str, latency_s: float, error: str | None = Non
         "first_line": got.split("\n", 1)[0].strip() == want.split("\n", 1)[0].strip(),
         "similarity": difflib.SequenceMatcher(None, got, want).ratio(),
         "breaks_syntax": syntax_breaks(hole, completion),
+        # The texts, for reading the JSON report (it stays on the user's machine).
+        "expected": hole.expected, "got": completion,
     }
 
 
