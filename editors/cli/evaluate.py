@@ -136,7 +136,7 @@ def make_holes(root: Path, limit: int, seed: int) -> list[Hole]:
             hole = cut_body_hole(path, text, rng)
         else:
             hole = cut_line_hole(path, text, rng, whole=kind == "whole_line")
-        if hole is not None and hole.expected.strip():
+        if hole is not None and hole.expected.strip() and (hole.path, hole.line) not in {(h.path, h.line) for h in holes}:
             holes.append(hole)
     return holes
 
