@@ -6,15 +6,12 @@ ignored files are never indexed. Must never read a file's contents (only the ign
 
 from __future__ import annotations
 
-import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from urllib.parse import unquote, urlparse
 
 import pathspec
-
-log = logging.getLogger(__name__)
 
 # Files that hold credentials. Their text must never reach a model, a prompt or a log, whatever else is set.
 SECRET_PATTERNS: tuple[str, ...] = (

@@ -143,7 +143,7 @@ def _leading_comment(source: bytes, node: tree_sitter.Node, rules: LanguageRules
         return ""
     indent = source[source.rfind(b"\n", 0, node.start_byte) + 1 : node.start_byte].decode("utf-8", "replace")
     lines = lines[-MAX_DOC_LINES:]
-    return "".join((indent if i else indent) + line.strip() + "\n" for i, line in enumerate(lines))
+    return "".join(indent + line.strip() + "\n" for line in lines)
 
 
 def _docstring(source: bytes, body: tree_sitter.Node | None, rules: LanguageRules) -> list[str]:
