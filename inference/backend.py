@@ -22,6 +22,10 @@ class TextRequest:
     time_budget_s: float = 5.0
     # Requests with the same key (the document URI) share a KV cache where the backend keeps one.
     cache_key: str = ""
+    # Local backends only (a remote one ignores them): report this many most likely first tokens, for
+    # alternative candidates; and token ids the answer must start with (an alternative's first token).
+    first_choices: int = 0
+    forced: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -34,6 +38,9 @@ class TextGeneration:
     # Stage -> milliseconds. `prefill` is the time to the first token; for a remote backend that includes
     # the network and the engine's queue.
     timings_ms: dict[str, float] = field(default_factory=dict)
+    # Local backends only: the generated token ids, and the most likely first tokens when asked.
+    token_ids: tuple[int, ...] = ()
+    first_choices: tuple[int, ...] = ()
 
 
 class BackendError(Exception):
@@ -79,9 +86,11 @@ class LocalBackend:
         generation = self.engine.generate(
             GenerationRequest(tuple(ids), max_new_tokens=request.max_new_tokens,
                               stop_strings=request.stop_strings, time_budget_s=request.time_budget_s,
-                              cache_key=request.cache_key),
+                              cache_key=request.cache_key, first_choices=request.first_choices,
+                              forced=request.forced),
             is_complete=is_complete, cancelled=cancelled)
         return TextGeneration(generation.text, generation.stop_reason, generation.prompt_tokens,
                               generation.reused_tokens,
                               {"tokenize": tokenize_ms, "prefill": round(generation.prefill_s * 1000, 2),
-                               "decode": round(generation.decode_s * 1000, 2)})
+                               "decode": round(generation.decode_s * 1000, 2)},
+                              token_ids=generation.token_ids, first_choices=generation.first_choices)

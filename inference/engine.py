@@ -7,6 +7,7 @@ of its own, and the caches share a byte budget, evicted least recently used firs
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -60,6 +61,10 @@ class GenerationRequest:
     time_budget_s: float = 5.0
     # Requests with the same key (the server uses the document URI) share a KV cache.
     cache_key: str = ""
+    # Tokens the answer must start with (an alternative's first token); fed after the prompt, returned as generated.
+    forced: tuple[int, ...] = ()
+    # How many of the most likely first tokens to report (for alternative candidates); 0 for none.
+    first_choices: int = 0
 
 
 @dataclass(frozen=True)
@@ -72,6 +77,7 @@ class Generation:
     prefill_s: float
     decode_s: float
     first_token_s: float | None = None  # from the call to the first new token; None when none came
+    first_choices: tuple[int, ...] = ()  # the most likely first tokens, best first, when the request asked
 
 
 @dataclass
@@ -165,10 +171,12 @@ class Engine:
         room = self.context_length - request.max_new_tokens
         prompt = list(request.prompt_ids[-room:]) if room > 0 else list(request.prompt_ids[-1:])
         prompt = prompt or list(self.start_ids)
+        forced = list(request.forced)
 
-        # Step 1: reuse the KV cache of the longest common prefix with what this document's cache holds.
-        kv, reused = self._reusable_state(request.cache_key, prompt, request.max_new_tokens)
-        pending = prompt[reused:]
+        # Step 1: reuse the KV cache of the longest common prefix with what this document's cache holds (an
+        # alternative's prompt is the previous answer's prompt, so only its forced first token is new).
+        kv, reused = self._reusable_state(request.cache_key, prompt + forced, request.max_new_tokens)
+        pending = (prompt + forced)[reused:]
 
         # Step 2: prefill the rest of the prompt, a chunk at a time, checking for cancellation.
         while pending:
@@ -180,10 +188,16 @@ class Engine:
         prefilled = time.perf_counter()
 
         # Step 3: greedy decoding, one token at a time, each step checking every way to stop.
-        new_ids: list[int] = []
-        text = ""
+        new_ids: list[int] = forced
+        text = self.tokenizer.decode(forced, skip_special_tokens=False) if forced else ""
         reason = "max_tokens"
         first_token_at = None
+        choices: tuple[int, ...] = ()
+        if request.first_choices and not forced:
+            # The logits of the prompt's last token are already computed: ranking them costs no model run.
+            logits = kv.generator.get_logits().reshape(-1)
+            top = logits.argsort()[::-1][: request.first_choices + len(self.eos_ids)]
+            choices = tuple(int(t) for t in top if int(t) not in self.eos_ids)[: request.first_choices]
         while len(new_ids) < request.max_new_tokens:
             if cancelled():
                 reason = "cancelled"
@@ -213,7 +227,8 @@ class Engine:
             if is_complete(text):
                 reason = "complete"
                 break
-        return self._result(new_ids, reason, prompt, reused, started, prefilled, text, first_token_at)
+        result = self._result(new_ids, reason, prompt, reused, started, prefilled, text, first_token_at)
+        return dataclasses.replace(result, first_choices=choices) if choices else result
 
     def _reusable_state(self, key: str, prompt: list[int], max_new_tokens: int) -> tuple[_KvState, int]:
         kv = self._caches.get(key)

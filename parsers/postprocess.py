@@ -10,7 +10,10 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import tree_sitter
+
 from .document import DocumentSnapshot
+from .languages import parser_for
 
 MAX_LINES = 12
 
@@ -80,27 +83,42 @@ def decide_mode(snapshot: DocumentSnapshot, offset: int) -> CompletionMode:
     return CompletionMode(False, "end of line", indent)
 
 
+# Rules that `skip` can turn off, for the evaluation's ablation: the block cut (stop at the end of the block),
+# the suffix rules (no repeating what follows the cursor), indentation repair, and the syntax guard (in completer).
+RULES = ("block", "suffix", "indent", "syntax")
+
+
 def stop_check(
-    snapshot: DocumentSnapshot, offset: int, mode: CompletionMode, max_lines: int = MAX_LINES
+    snapshot: DocumentSnapshot, offset: int, mode: CompletionMode, max_lines: int = MAX_LINES,
+    skip: frozenset[str] = frozenset(),
 ) -> Callable[[str], bool]:
     """A predicate over the text generated so far: True once the completion is complete and decoding can stop."""
     cursor = _cursor(snapshot, offset)
 
     def complete(generated: str) -> bool:
-        return _cut(cursor, mode, generated, max_lines, final=False)[2]
+        return _cut(cursor, mode, generated, max_lines, final=False, block="block" not in skip)[2]
 
     return complete
 
 
 def finalize(
-    snapshot: DocumentSnapshot, offset: int, mode: CompletionMode, generated: str, max_lines: int = MAX_LINES
+    snapshot: DocumentSnapshot, offset: int, mode: CompletionMode, generated: str, max_lines: int = MAX_LINES,
+    skip: frozenset[str] = frozenset(),
 ) -> Completion:
     """The text to show: cut to the mode, stripped, and without text that is already after the cursor."""
     cursor = _cursor(snapshot, offset)
-    text, reason, _ = _cut(cursor, mode, generated, max_lines, final=True)
+    text, reason, _ = _cut(cursor, mode, generated, max_lines, final=True, block="block" not in skip)
     reasons = [reason] if reason else []
 
     text = text.rstrip()
+    if "indent" not in skip and mode.multiline:
+        fixed = _fix_indentation(text, cursor, mode)
+        if fixed != text:
+            text = fixed
+            reasons.append("indentation fixed to the block")
+    if "suffix" in skip:
+        return Completion(text if text.strip() else "", "; ".join(reasons + ([] if text.strip() else ["empty"]))
+                          or "complete")
     lines = text.split("\n")
 
     # The completion's last lines repeat the lines that follow the cursor: the model reached existing code.
@@ -128,7 +146,7 @@ def finalize(
 
 
 def _cut(
-    cursor: _Cursor, mode: CompletionMode, generated: str, max_lines: int, *, final: bool
+    cursor: _Cursor, mode: CompletionMode, generated: str, max_lines: int, *, final: bool, block: bool = True
 ) -> tuple[str, str, bool]:
     """(text, reason, complete): the generated text cut where the completion ends, and whether it ended."""
     text = generated.replace("\r\n", "\n")
@@ -145,6 +163,9 @@ def _cut(
         return text[:end], "single line", True
 
     lines = text.split("\n")
+    if not block:
+        # Ablation: no block rules, only the line cap.
+        return ("\n".join(lines[:max_lines]), "max lines", True) if len(lines) > max_lines else (text, "", False)
     depth = 0
     block_width = _width(mode.indent)
     base_width = _width(cursor.indent)
@@ -206,6 +227,29 @@ def _cut(
                 break  # a later bracket on this line may still close the block
             return "\n".join(lines[:i]), "dedent", True
     return "\n".join(lines), "", False
+
+
+def _fix_indentation(text: str, cursor: _Cursor, mode: CompletionMode) -> str:
+    """Lines after the first, re-indented in the block's own style: tabs where the block uses tabs, spaces where
+    it uses spaces (a model trained mostly on one style writes it into files of the other)."""
+    lines = text.split("\n")
+    if len(lines) < 2:
+        return text
+    tabs = "\t" in mode.indent or (not mode.indent and cursor.unit == "\t")
+    unit_width = 4 if tabs else max(len(cursor.unit), 1)
+    out = [lines[0]]
+    for line in lines[1:]:
+        indent = _indent_of(line)
+        if not line.strip() or not indent:
+            out.append(line)
+            continue
+        width = _width(indent)
+        if tabs and " " in indent:
+            indent = "\t" * (width // 4) + " " * (width % 4)
+        elif not tabs and "\t" in indent:
+            indent = " " * (width // 4 * unit_width + width % 4)
+        out.append(indent + line.lstrip(" \t"))
+    return "\n".join(out)
 
 
 def _trim_rest_overlap(text: str, rest: str) -> str:
@@ -381,3 +425,134 @@ def _indent_of(line: str) -> str:
 
 def _width(indent: str) -> int:
     return len(indent.expandtabs(4))
+
+
+def block_continues_below(snapshot: DocumentSnapshot, offset: int, mode: CompletionMode) -> bool:
+    """True when the cursor is on a blank line inside a block whose code goes on below it (the next non-blank line is
+    at the block's indentation or deeper): new code goes between existing lines there, one line at a time, for a
+    model that cannot see the suffix."""
+    cursor = _cursor(snapshot, offset)
+    if cursor.before.strip() or not cursor.suffix_lines:
+        return False
+    following = cursor.suffix_lines[0]
+    return _width(_indent_of(following)) >= _width(mode.indent) and following.lstrip()[:1] not in _CLOSERS
+
+
+# The syntax guard ---------------------------------------------------------------------------------------------
+
+
+def syntax_guard(snapshot: DocumentSnapshot, offset: int, completion: Completion) -> Completion:
+    """The completion, trimmed by whole lines from its end (or emptied) until merging it into the document adds no
+    tree-sitter ERROR or MISSING node; a last line that opens a block may stay open (its body is the user's next).
+
+    Parses incrementally on a copy of the snapshot's tree; a document without a tree passes unchanged.
+    """
+    if not completion.text or snapshot.tree is None:
+        return completion
+    parser = parser_for(snapshot.language)
+    if parser is None:
+        return completion
+    at = snapshot.byte_offset(max(0, min(offset, len(snapshot.text))))
+    source = snapshot.source
+    baseline = _error_count(snapshot.tree.root_node)
+
+    def adds_errors(text: str) -> bool:
+        if not text:
+            return False
+        data = text.encode("utf-8", "surrogatepass")
+        tree = snapshot.tree.copy()
+        merged = source[:at] + data + source[at:]
+        tree.edit(start_byte=at, old_end_byte=at, new_end_byte=at + len(data), start_point=_point(source, at),
+                  old_end_point=_point(source, at), new_end_point=_point(merged, at + len(data)))
+        return _error_count(parser.parse(merged, tree).root_node) > baseline
+
+    text = completion.text
+    if not adds_errors(text):
+        return completion
+    lines = text.split("\n")
+    # An opener on the last line ("if x:", "{") is complete once the user writes the body: judge what is above it.
+    if _ends_with_opener(lines[-1], snapshot.language.block_openers) and not adds_errors("\n".join(lines[:-1])):
+        return Completion(text, _join(completion.reason, "ends in an open block"))
+    # The last line was cut short (a token or time limit) or ran on: close what it left open, or cut it back to a
+    # word boundary, before giving the whole line up.
+    above = "\n".join(lines[:-1]) + "\n" if len(lines) > 1 else ""
+    for line, how in _line_repairs(lines[-1], _unclosed(above)):
+        candidate = (above + line).rstrip()
+        if line.strip() and not adds_errors(candidate):
+            return Completion(candidate, _join(completion.reason, f"{how} the last line: as written it adds syntax errors"))
+    for keep in range(len(lines) - 1, 0, -1):
+        head = "\n".join(lines[:keep]).rstrip()
+        if head.strip() and not adds_errors(head):
+            return Completion(head, _join(completion.reason, f"cut to {keep} line(s): the rest adds syntax errors"))
+    return Completion("", _join(completion.reason, "rejected: it adds syntax errors"))
+
+
+_MAX_REPAIRS = 10
+
+
+def _line_repairs(line: str, opened: list[str]):
+    """Shorter or closed versions of a line, longest first: closed as is, then cut back at word boundaries
+    (each also closed)."""
+    tried = 0
+    cuts = [len(line)] + [i for i in range(len(line) - 1, 0, -1) if line[i] in " ,.([{)]}" and line[i - 1] != " "]
+    for cut in cuts:
+        head = line[:cut].rstrip()
+        closers = _closers_for(opened + _unclosed(head))
+        for candidate, how in ((head + closers, "closed"), (head, "cut back")):
+            if cut == len(line) and how == "cut back":
+                continue  # the line as written already failed
+            if how == "closed" and not closers:
+                continue
+            yield candidate, how
+            tried += 1
+            if tried >= _MAX_REPAIRS:
+                return
+
+
+def _unclosed(text: str) -> list[str]:
+    """Brackets and quotes text opens and does not close, innermost last."""
+    stack: list[str] = []
+    quote: str | None = None
+    for i, ch in enumerate(text):
+        if quote:
+            if ch == quote and (i == 0 or text[i - 1] != "\\"):
+                quote = None
+                stack.pop()
+            elif ch == "\n" and quote != "`":
+                quote = None  # strings rarely span lines in completions
+                stack.pop()
+        elif ch in _QUOTES:
+            quote = ch
+            stack.append(ch)
+        elif ch in _OPENERS:
+            stack.append(ch)
+        elif ch in _CLOSERS and stack and stack[-1] == _OPENERS[_CLOSERS.index(ch)]:
+            stack.pop()
+    return stack
+
+
+def _closers_for(opened: list[str]) -> str:
+    return "".join(ch if ch in _QUOTES else _CLOSERS[_OPENERS.index(ch)] for ch in reversed(opened))
+
+
+def _error_count(node: tree_sitter.Node, limit: int = 200) -> int:
+    """ERROR and MISSING nodes under node, visiting only subtrees that hold an error (bounded for broken files)."""
+    count = 0
+    stack = [node]
+    while stack and count < limit:
+        current = stack.pop()
+        if current.is_missing or current.type == "ERROR":
+            count += 1
+            if current.type == "ERROR":
+                continue  # one ERROR node, however much it swallowed
+        stack.extend(child for child in current.children if child.has_error or child.is_missing)
+    return count
+
+
+def _point(data: bytes, byte_offset: int) -> tuple[int, int]:
+    row = data.count(b"\n", 0, byte_offset)
+    return row, byte_offset - (data.rfind(b"\n", 0, byte_offset) + 1)
+
+
+def _join(reason: str, more: str) -> str:
+    return more if reason in ("", "complete") else f"{reason}; {more}"

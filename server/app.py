@@ -16,6 +16,8 @@ from pygls.lsp.server import LanguageServer
 
 from ghostls import __version__
 from ghostls.parsers.document import Document, PositionEncoding
+from ghostls.parsers.ignore import uri_to_path
+from ghostls.parsers.workspace import Workspace
 
 from .config import Settings
 from .model_host import ModelHost, ModelState, ModelStatus
@@ -53,6 +55,8 @@ class GhostServer(LanguageServer):
         self.prompt_anchors: dict[str, int] = {}
         # Remote engines named in settings, each with its connection pool.
         self.remotes = RemoteBackends()
+        # Workspace roots, secrets and the symbol index; replaced in `initialize` once the roots are known.
+        self.project = Workspace(index=False)
 
     # -- positions -------------------------------------------------------------------------
     @property
@@ -73,6 +77,14 @@ class GhostServer(LanguageServer):
     def release(self, uri: str, flag: threading.Event) -> None:
         if self.inflight.get(uri) is flag:
             del self.inflight[uri]
+
+    def open_workspace(self, params: types.InitializeParams) -> None:
+        """Roots from `initialize` (folders, else rootUri/rootPath); the index starts building in the background."""
+        uris = [f.uri for f in params.workspace_folders or ()] or ([params.root_uri] if params.root_uri else [])
+        roots = [p for p in (uri_to_path(u) for u in uris) if p] or ([params.root_path] if params.root_path else [])
+        self.project.close()
+        self.project = Workspace(roots, secret_patterns=self.settings.secret_patterns,
+                                   index=self.settings.workspace_context)
 
     # -- telling the user ------------------------------------------------------------------
     def warn_once(self, message: str) -> None:

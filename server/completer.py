@@ -6,6 +6,7 @@ knows nothing of LSP. Every stage is timed so that an empty or cut answer can be
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -13,14 +14,21 @@ from typing import Callable
 from ghostls.inference.backend import BackendError, CompletionBackend, TextRequest
 from ghostls.parsers.context import gather_context
 from ghostls.parsers.document import DocumentSnapshot
-from ghostls.parsers.postprocess import decide_mode, finalize, stop_check
+from ghostls.parsers.postprocess import (block_continues_below, decide_mode, finalize, stop_check,
+                                         syntax_guard)
 from ghostls.parsers.prompt import build_prompt
+from ghostls.parsers.repo_context import EMPTY
+from ghostls.parsers.workspace import Workspace
 
 from .config import Settings
 
 
 # A single-line completion needs few tokens; stopping early keeps it quick.
 SINGLE_LINE_MAX_TOKENS = 48
+# An invoked request (the user asked) offers this many distinct candidates to cycle through; an automatic one, one.
+MAX_CANDIDATES = 3
+# Alternatives start from the next most likely first tokens (branching costs decode steps only, no prefill).
+FIRST_TOKEN_BRANCHES = 4
 
 
 @dataclass(frozen=True)
@@ -34,10 +42,17 @@ class CompletionResult:
     error: str = ""  # a BackendError kind (unreachable, unauthorized, ...) when the backend failed
     # Where the prompt's prefix began: the next request in the document keeps it as its anchor.
     prefix_start: int | None = None
+    # What context went in (names, places, token counts; never source text), for ghostls/explain.
+    context: dict = field(default_factory=dict)
+    # The prompt text, kept only for `ghostls/explain` with includePrompt (never logged).
+    prompt: str = ""
+    # More candidates after `text`, distinct, for an invoked request.
+    alternatives: tuple[str, ...] = ()
 
 
 def complete(backend: CompletionBackend, snapshot: DocumentSnapshot, offset: int, settings: Settings,
-             cancelled: Callable[[], bool] = lambda: False, anchor: int | None = None) -> CompletionResult:
+             cancelled: Callable[[], bool] = lambda: False, anchor: int | None = None,
+             workspace: Workspace | None = None, invoked: bool = False) -> CompletionResult:
     timings: dict[str, float] = {}
     clock = time.perf_counter()
 
@@ -49,35 +64,82 @@ def complete(backend: CompletionBackend, snapshot: DocumentSnapshot, offset: int
 
     template = backend.template
     mode = decide_mode(snapshot, offset)
+    if mode.multiline and not template.uses_suffix and block_continues_below(snapshot, offset, mode):
+        # A prefix-only model cannot see the lines below, so a block from it would re-type them: one line.
+        mode = dataclasses.replace(mode, multiline=False, reason="between lines (the model cannot see the suffix)")
     budget = settings.prompt_budget(backend.provider_name)
-    prompt = build_prompt(snapshot, offset, template, backend.count_tokens, budget=budget, anchor=anchor)
+    count = backend.count_tokens
+    repo = EMPTY
+    if workspace is not None and settings.workspace_context:
+        repo = workspace.context_for(snapshot, offset, template.family, count, settings.context_tokens)
+    lap("context")
+    prompt = build_prompt(snapshot, offset, template, count, budget=budget, context=repo.text, anchor=anchor)
+    local = ""
     if prompt.prefix_truncated:
         # The window misses the top of the file: bring the imports and enclosing headers back in.
-        context = gather_context(snapshot, offset, offset - len(prompt.prefix))
-        if context:
-            prompt = build_prompt(snapshot, offset, template, backend.count_tokens, budget=budget,
-                                  context=context, anchor=anchor)
+        local = gather_context(snapshot, offset, offset - len(prompt.prefix))
+        if local:
+            prompt = build_prompt(snapshot, offset, template, count, budget=budget, context=repo.text + local,
+                                  anchor=anchor)
     lap("prompt")
+    context = {"format": repo.format, "tokens": repo.tokens, "candidates": repo.candidates,
+               "dropped": repo.dropped, "items": [dataclasses.asdict(item) for item in repo.items],
+               "localLines": local.count("\n"), "prefixTruncated": prompt.prefix_truncated}
+    prefix_start = offset - len(prompt.prefix)
 
     max_new = settings.max_new_tokens if mode.multiline else min(settings.max_new_tokens, SINGLE_LINE_MAX_TOKENS)
+    deadline = time.perf_counter() + settings.time_budget_ms / 1000
     request = TextRequest(prompt.text, max_new_tokens=max_new, stop_strings=template.stop,
-                          time_budget_s=settings.time_budget_ms / 1000, cache_key=snapshot.uri)
-    complete_at = stop_check(snapshot, offset, mode, settings.max_lines)
+                          time_budget_s=settings.time_budget_ms / 1000, cache_key=snapshot.uri,
+                          first_choices=FIRST_TOKEN_BRANCHES if invoked else 0)
+    skip = frozenset(settings.skip_rules)
+    complete_at = stop_check(snapshot, offset, mode, settings.max_lines, skip)
     try:
         generation = backend.complete(request, is_complete=lambda text: complete_at(prompt.heal(text)),
                                       cancelled=cancelled)
     except BackendError as exc:
         lap("generate")
-        return CompletionResult("", str(exc), mode.multiline, timings_ms=timings, error=exc.kind)
+        return CompletionResult("", str(exc), mode.multiline, timings_ms=timings, error=exc.kind,
+                                prefix_start=prefix_start, context=context, prompt=prompt.text)
     timings.update(generation.timings_ms)
     clock = time.perf_counter()
     if generation.stop_reason == "cancelled":
         return CompletionResult("", "cancelled", mode.multiline, generation.prompt_tokens,
-                                generation.reused_tokens, timings)
-    final = finalize(snapshot, offset, mode, prompt.heal(generation.text), settings.max_lines)
+                                generation.reused_tokens, timings, prefix_start=prefix_start, context=context,
+                                prompt=prompt.text)
+    final = finalize(snapshot, offset, mode, prompt.heal(generation.text), settings.max_lines, skip)
     lap("postprocess")
-    reason = final.reason or generation.stop_reason
-    if not final.text and not final.reason:
-        reason = f"empty after post-processing (model stopped: {generation.stop_reason})"
-    return CompletionResult(final.text, reason, mode.multiline, generation.prompt_tokens,
-                            generation.reused_tokens, timings, prefix_start=offset - len(prompt.prefix))
+    if "syntax" not in skip:
+        # parse: the document re-parsed with the completion merged in, to keep it from adding syntax errors.
+        final = syntax_guard(snapshot, offset, final)
+        lap("parse")
+    reason = f"{final.reason} (model stopped: {generation.stop_reason})"
+
+    def finish(text: str) -> str:
+        candidate = finalize(snapshot, offset, mode, prompt.heal(text), settings.max_lines, skip)
+        return (candidate if "syntax" in skip else syntax_guard(snapshot, offset, candidate)).text
+
+    # Alternatives: greedy continuations of the next most likely first tokens, while time is left.
+    candidates = [final.text] if final.text else []
+    for token in generation.first_choices:
+        if len(candidates) >= MAX_CANDIDATES or cancelled() or time.perf_counter() >= deadline:
+            break
+        if generation.token_ids[:1] == (token,):
+            continue  # that is the greedy answer
+        try:
+            branch = backend.complete(
+                dataclasses.replace(request, forced=(token,), first_choices=0,
+                                    time_budget_s=max(deadline - time.perf_counter(), 0.05)),
+                is_complete=lambda text: complete_at(prompt.heal(text)), cancelled=cancelled)
+        except BackendError:
+            break
+        if branch.stop_reason == "cancelled":
+            break
+        text = finish(branch.text)
+        if text and text not in candidates:
+            candidates.append(text)
+    if generation.first_choices:
+        lap("alternatives")
+    return CompletionResult(candidates[0] if candidates else "", reason, mode.multiline, generation.prompt_tokens,
+                            generation.reused_tokens, timings, prefix_start=prefix_start, context=context,
+                            prompt=prompt.text, alternatives=tuple(candidates[1:]))

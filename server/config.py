@@ -46,6 +46,13 @@ class Settings:
     backend: RemoteConfig | None = None
     # ...except those named here: (language, None for the local model or a RemoteConfig), first match wins.
     language_backends: tuple[tuple[str, RemoteConfig | None], ...] = ()
+    # Cross-file context: definitions from other workspace files and recent edits, within this many prompt tokens.
+    workspace_context: bool = True
+    context_tokens: int = 256
+    # Extra gitignore-style patterns of files never read nor completed in (on top of the built-in secret list).
+    secret_patterns: tuple[str, ...] = ()
+    # Post-processing rules to turn off (block, suffix, indent, syntax): for `ghostls eval`'s ablation only.
+    skip_rules: tuple[str, ...] = ()
 
     def prompt_budget(self, provider: str) -> int:
         if self.max_prompt_tokens is not None:
@@ -78,6 +85,7 @@ _RANGES = {
     "debounce_ms": (0, 5000),
     "load_wait_ms": (0, 3_600_000),
     "kv_cache_mb": (16, 65536),
+    "context_tokens": (0, 8192),
 }
 # Settings whose values may hold an API key: warnings name them without echoing the value.
 _SECRET_BEARING = ("backend", "language_backends")
@@ -121,6 +129,15 @@ def _coerce(name: str, value: Any, default: Any) -> Any:
         if not isinstance(value, dict):
             raise ValueError("expected an object of language id -> backend")
         return tuple((language, parse_backend(backend, f"{language}: ")) for language, backend in value.items())
+    if name == "skip_rules":
+        from ghostls.parsers.postprocess import RULES
+        if not isinstance(value, list) or not all(v in RULES for v in value):
+            raise ValueError(f"expected a list of rule names from {', '.join(RULES)}")
+        return tuple(value)
+    if name == "secret_patterns":
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ValueError("expected a list of gitignore-style patterns")
+        return tuple(value)
     if name == "disabled_languages":
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ValueError("expected a list of language ids")

@@ -40,6 +40,8 @@ async def run_completion(ls, uri: str, line: int, character: int, invoked: bool,
     language = snapshot.language
     if not settings.enable or {language.name, *language.language_ids} & set(settings.disabled_languages):
         return _explained(ls, CompletionResult("", "disabled in settings", False))
+    if (secret := ls.project.secret_reason(uri)) is not None:
+        return _explained(ls, CompletionResult("", secret, False))
     try:
         offset = snapshot.offset_at(line, character, ls.position_encoding)
     except PositionError as exc:
@@ -76,7 +78,7 @@ async def run_completion(ls, uri: str, line: int, character: int, invoked: bool,
             backend = model.backend
         # The thread's own future (not an asyncio one) tells when the worker really lets go after a cancel.
         work = ls.engine_worker.submit(_generate, backend, snapshot, offset, settings, cancelled.is_set,
-                                       ls.prompt_anchors.get(uri))
+                                       ls.prompt_anchors.get(uri), ls.project, invoked)
         result = await asyncio.wrap_future(work)
     except asyncio.CancelledError:
         cancelled.set()  # the client gave up: stop the decode loop within one token
@@ -102,8 +104,9 @@ async def run_completion(ls, uri: str, line: int, character: int, invoked: bool,
         return None
     if result.prefix_start is not None:
         ls.prompt_anchors[uri] = result.prefix_start
-    log.info("completion %s v%s: %d chars, %s, prompt %d tokens (%d reused), %s", uri.rsplit("/", 1)[-1],
-             snapshot.version, len(result.text), result.reason, result.prompt_tokens, result.reused_tokens,
+    log.info("completion %s v%s: %d chars, %s, prompt %d tokens (%d reused), context %d snippets (%d tokens), %s",
+             uri.rsplit("/", 1)[-1], snapshot.version, len(result.text), result.reason, result.prompt_tokens,
+             result.reused_tokens, len(result.context.get("items", ())), result.context.get("tokens", 0),
              result.timings_ms)
     if result.text:
         shown = ShownCompletion(snapshot.text, offset, result.text, result.multiline)
@@ -126,7 +129,7 @@ async def _speculate(ls, uri: str, snapshot, shown: ShownCompletion, backend, se
         if flag.is_set():
             return None  # a real request arrived while this one waited for the engine
         after = Document(uri, language_id, snapshot.version, text).snapshot()
-        return complete(backend, after, offset, settings, flag.is_set, ls.prompt_anchors.get(uri))
+        return complete(backend, after, offset, settings, flag.is_set, ls.prompt_anchors.get(uri), ls.project)
 
     try:
         result = await asyncio.get_running_loop().run_in_executor(ls.engine_worker, job)
@@ -145,14 +148,14 @@ async def _speculate(ls, uri: str, snapshot, shown: ShownCompletion, backend, se
         current.append(ShownCompletion(text, offset, result.text, result.multiline))
 
 
-def _generate(backend, snapshot, offset, settings, cancelled, anchor) -> CompletionResult:
+def _generate(backend, snapshot, offset, settings, cancelled, anchor, workspace, invoked) -> CompletionResult:
     """On the worker: a request superseded while it waited in the queue never starts (a typing burst
     queues many; only the newest should reach the model)."""
     if cancelled():
         return CompletionResult("", "cancelled", False)
     name = snapshot.uri.rsplit("/", 1)[-1]
     log.debug("generating for %s v%s", name, snapshot.version)
-    result = complete(backend, snapshot, offset, settings, cancelled, anchor)
+    result = complete(backend, snapshot, offset, settings, cancelled, anchor, workspace, invoked)
     log.debug("generated for %s v%s: %s", name, snapshot.version, result.reason)
     return result
 

@@ -70,6 +70,20 @@ def _parser() -> argparse.ArgumentParser:
     completions = sub.add_parser("completions", help="print a shell completion script (bash, zsh or fish)")
     completions.add_argument("shell", choices=["bash", "zsh", "fish"])
     completions.set_defaults(func=_completions)
+    evaluate = sub.add_parser("eval", help="cut holes in a repository and score the server's completions")
+    evaluate.add_argument("repository", help="folder of the repository to evaluate on (read, never written)")
+    evaluate.add_argument("--limit", type=int, default=40, help="number of holes (default 40)")
+    evaluate.add_argument("--seed", type=int, default=1)
+    evaluate.add_argument("--model", help="model folder, Hugging Face checkpoint or .gguf (default: embedded)")
+    evaluate.add_argument("--ablation", action="store_true",
+                          help="also run without each post-processing rule and without cross-file context")
+    evaluate.add_argument("--no-naive", action="store_true", help="skip the naive peer")
+    evaluate.add_argument("--time-budget-ms", type=int, default=30_000,
+                          help="per-completion time budget, for both (default 30000: quality, not the machine's load)")
+    evaluate.add_argument("--max-prompt-tokens", type=int,
+                          help="prompt budget for the server and the naive peer (default: the server's, 1024 on a CPU)")
+    evaluate.add_argument("--json", metavar="FILE", help="write every hole's scores here")
+    evaluate.set_defaults(func=_eval)
 
     model = sub.add_parser("model", help="convert, list and inspect models")
     model_sub = model.add_subparsers(metavar="ACTION")
@@ -327,6 +341,12 @@ def _completions(args) -> int:
 
 
 # -- model ---------------------------------------------------------------------------------------
+def _eval(args) -> int:
+    from .evaluate import run
+
+    return run(args)
+
+
 def _model_convert(args) -> int:
     from ghostls.inference import convert, embedded
     from ghostls.inference.cache import ModelError

@@ -1,4 +1,8 @@
-"""ghostls/explain: why the last completion was what it was (stages, tokens, reason), without source code."""
+"""ghostls/explain: why the last completion was what it was (stages, tokens, context, reason).
+
+Never source code by default: the context is names, places and token counts. `{"includePrompt": true}` adds the
+prompt text, for the client that asks (it is the user's own code, on the user's machine; it is never logged).
+"""
 
 from __future__ import annotations
 
@@ -11,13 +15,27 @@ def register(server) -> None:
         status = ls.models.status
         result = ls.last_result
         last = None
+        include_prompt = bool(_get(params, "includePrompt"))
         if result is not None:
-            last = {k: v for k, v in dataclasses.asdict(result).items() if k != "text"}
+            last = {k: v for k, v in dataclasses.asdict(result).items() if k not in ("text", "prompt", "alternatives")}
             last["chars"] = len(result.text)
+            last["candidates"] = int(bool(result.text)) + len(result.alternatives)
+            if include_prompt:
+                last["prompt"] = result.prompt
         return {"model": {"state": status.state.value, "detail": status.detail, "model": status.model,
                           "provider": status.provider, "template": status.template},
                 "last": last,
                 # Per open document, how many completions wait for typing through or acceptance (0 to 2).
                 "precomputed": [{"uri": uri, "count": len(shown)} for uri, shown in ls.shown.items()],
                 "speculating": ls.speculation is not None,
-                "last_speculation": ls.last_speculation}
+                "last_speculation": ls.last_speculation,
+                "workspace": ls.project.status()}
+
+
+def _get(params, key: str):
+    # pygls hands custom-request params over as an attribute object (or None, or a dict).
+    if params is None:
+        return None
+    if isinstance(params, dict):
+        return params.get(key)
+    return getattr(params, key, None)

@@ -17,4 +17,6 @@ def register(server) -> None:
         if result is None or not result.text:
             return types.InlineCompletionList(items=[])
         at = types.Range(params.position, params.position)
-        return types.InlineCompletionList(items=[types.InlineCompletionItem(insert_text=result.text, range=at)])
+        # An invoked request may carry alternatives: the client cycles through them.
+        texts = (result.text, *result.alternatives)
+        return types.InlineCompletionList(items=[types.InlineCompletionItem(insert_text=t, range=at) for t in texts])

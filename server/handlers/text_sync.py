@@ -19,7 +19,8 @@ def register(server) -> None:
     @server.feature(types.TEXT_DOCUMENT_DID_OPEN)
     def did_open(ls, params: types.DidOpenTextDocumentParams) -> None:
         doc = params.text_document
-        ls.documents[doc.uri] = Document(doc.uri, doc.language_id, doc.version, doc.text)
+        document = ls.documents[doc.uri] = Document(doc.uri, doc.language_id, doc.version, doc.text)
+        ls.project.document_opened(document.snapshot())
 
     @server.feature(types.TEXT_DOCUMENT_DID_CHANGE)
     def did_change(ls, params: types.DidChangeTextDocumentParams) -> None:
@@ -43,12 +44,17 @@ def register(server) -> None:
                             params.text_document.version, exc)
                 ls.warn_once(f"ghostls: ignored an invalid edit ({exc}); re-open the file if ghost text looks wrong")
                 return
+        last = params.content_changes[-1] if params.content_changes else None
+        edit_line = last.range.start.line if isinstance(last, types.TextDocumentContentChangePartial) else None
+        # Only records the snapshot (its tree is a cheap copy); the index queries it later on its own thread.
+        ls.project.document_changed(document.snapshot(), edit_line)
 
     @server.feature(types.TEXT_DOCUMENT_DID_CLOSE)
     def did_close(ls, params: types.DidCloseTextDocumentParams) -> None:
         ls.documents.pop(params.text_document.uri, None)
         ls.shown.pop(params.text_document.uri, None)
         ls.prompt_anchors.pop(params.text_document.uri, None)
+        ls.project.document_closed(params.text_document.uri)
         if (flag := ls.inflight.pop(params.text_document.uri, None)) is not None:
             flag.set()
         if (model := ls.models.loaded) is not None:

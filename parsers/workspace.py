@@ -1,0 +1,134 @@
+"""The workspace as completions see it: its roots, what may be read (secrets, ignore files), the symbol index and
+the recently edited regions of open documents.
+
+The server calls the `document_*` / `files_changed` methods on its event loop; each only records or queues (never
+parses or reads a file there). `context_for` runs on the engine's worker thread. Knows nothing of LSP.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+
+from .document import DocumentSnapshot
+from .ignore import IGNORE_FILE, IgnoreRules, uri_to_path
+from .index import IndexLimits, IndexWorker, SymbolIndex, document_key
+from .repo_context import EMPTY, RecentEdit, RepoContext, build_repo_context
+
+MAX_RECENT_EDITS = 4
+
+
+class Workspace:
+    def __init__(self, roots: Iterable[str] = (), *, secret_patterns: Iterable[str] = (), index: bool = True,
+                 limits: IndexLimits = IndexLimits()) -> None:
+        self.roots = tuple(os.path.abspath(r) for r in roots)
+        self.ignore = IgnoreRules(self.roots, tuple(secret_patterns))
+        self.index = SymbolIndex()
+        self.worker = IndexWorker(self.index, self.ignore, limits) if index else None
+        self._texts: dict[str, str] = {}  # open documents' newest text, by key
+        self._recent: OrderedDict[str, int] = OrderedDict()  # key -> line of the last edit, newest last
+        self._lock = threading.Lock()
+        if self.worker is not None and self.roots:
+            self.worker.scan()
+
+    # -- what may be read ----------------------------------------------------------------------------------
+    def secret_reason(self, uri: str) -> str | None:
+        """Why no completion may run in this document (a secret or .ghostlsignore'd file), or None."""
+        path = uri_to_path(uri)
+        if path is not None and self.ignore.is_secret(path):
+            return f"no completion in {os.path.basename(path)}: it matches a secret or {IGNORE_FILE} pattern"
+        return None
+
+    # -- events from the editor (event loop: record and queue only) -----------------------------------------
+    def document_opened(self, snapshot: DocumentSnapshot) -> None:
+        self._update(snapshot, edit_line=None)
+
+    def document_changed(self, snapshot: DocumentSnapshot, edit_line: int | None) -> None:
+        self._update(snapshot, edit_line)
+
+    def document_closed(self, uri: str) -> None:
+        key = document_key(uri)
+        with self._lock:
+            self._texts.pop(key, None)
+            self._recent.pop(key, None)
+        if self.worker is not None:
+            self.worker.closed(uri)
+
+    def files_changed(self, uris: Iterable[str]) -> None:
+        """Files created, changed or deleted on disk (didSave, didChangeWatchedFiles)."""
+        reload = False
+        for uri in uris:
+            path = uri_to_path(uri)
+            if path is None:
+                continue
+            if os.path.basename(path) in (".gitignore", IGNORE_FILE):
+                reload = True
+            elif self.worker is not None:
+                self.worker.file_changed(path)
+        if reload:
+            self.ignore.reload()
+            if self.worker is not None:
+                self.worker.scan()  # files may have come in or out of the index
+
+    def _update(self, snapshot: DocumentSnapshot, edit_line: int | None) -> None:
+        if self.secret_reason(snapshot.uri):
+            return  # never kept, never indexed
+        key = document_key(snapshot.uri)
+        with self._lock:
+            self._texts[key] = snapshot.text
+            if edit_line is not None:
+                self._recent.pop(key, None)
+                self._recent[key] = edit_line
+                while len(self._recent) > MAX_RECENT_EDITS:
+                    self._recent.popitem(last=False)
+        if self.worker is not None:
+            self.worker.document(snapshot)
+
+    # -- per request (worker thread) ------------------------------------------------------------------------
+    def recent_edits(self, exclude_key: str) -> list[RecentEdit]:
+        """Lines around the last edit of each other open document, oldest first."""
+        with self._lock:
+            recent = [(key, line, self._texts.get(key)) for key, line in self._recent.items() if key != exclude_key]
+        out = []
+        above, below = 3, 4
+        for key, line, text in recent:
+            if text is None:
+                continue
+            lines = text.splitlines()
+            window = "\n".join(lines[max(0, line - above) : line + below]).strip("\n")
+            if window.strip():
+                out.append(RecentEdit(key, self._display(key), line, window))
+        return out
+
+    def context_for(self, snapshot: DocumentSnapshot, offset: int, family: str, count_tokens: Callable[[str], int],
+                    budget: int) -> RepoContext:
+        if budget <= 0:
+            return EMPTY
+        key = document_key(snapshot.uri)
+        return build_repo_context(snapshot, offset, self.index.lookup, self.recent_edits(key), family,
+                                  count_tokens, budget, root=self._root_of(key))
+
+    def status(self) -> dict:
+        if self.worker is None:
+            return {"state": "off"}
+        s = self.worker.status()
+        return {"state": s.state, "files": s.files, "symbols": s.symbols, "bytes": s.bytes,
+                "skippedLarge": s.skipped_large, "capped": s.capped, "roots": len(self.roots)}
+
+    def close(self) -> None:
+        if self.worker is not None:
+            self.worker.stop()
+
+    def _root_of(self, key: str) -> str | None:
+        for root in self.roots:
+            if os.path.isabs(key) and not os.path.relpath(key, root).startswith(".."):
+                return root
+        return self.roots[0] if self.roots else None
+
+    def _display(self, key: str) -> str:
+        root = self._root_of(key)
+        if root and os.path.isabs(key) and not os.path.relpath(key, root).startswith(".."):
+            return os.path.relpath(key, root).replace(os.sep, "/")
+        return key.rsplit("/", 1)[-1]

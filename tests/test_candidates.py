@@ -1,0 +1,80 @@
+"""Alternative candidates for an invoked request: first-token branching on a real ONNX Runtime GenAI session."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import pytest_lsp
+from lsprotocol import types
+from pytest_lsp import ClientServerConfig, LanguageClient, client_capabilities
+
+from ghostls.inference.engine import Engine, GenerationRequest
+
+SOURCE = "def add(a, b):\n    return a + b\n\n\ndef multiply(a, b):\n    return a * b\n\n\ndef main():\n    "
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model):
+    return Engine(tiny_model("starcoder"), provider="cpu")
+
+
+def test_first_choices_rank_the_greedy_token_first(engine):
+    ids = tuple(engine.encode(SOURCE))
+    engine.reset()
+    greedy = engine.generate(GenerationRequest(ids, max_new_tokens=6, first_choices=4))
+    assert len(greedy.first_choices) == 4
+    assert len(set(greedy.first_choices)) == 4
+    assert not set(greedy.first_choices) & engine.eos_ids
+    if greedy.token_ids:  # the model did not stop at once: its first token is the top choice
+        assert greedy.first_choices[0] == greedy.token_ids[0]
+
+
+def test_a_forced_first_token_reuses_the_prompt_cache(engine):
+    ids = tuple(engine.encode(SOURCE))
+    engine.reset()
+    greedy = engine.generate(GenerationRequest(ids, max_new_tokens=6, first_choices=3))
+    alternative = greedy.first_choices[1]
+    branch = engine.generate(GenerationRequest(ids, max_new_tokens=6, forced=(alternative,)))
+    assert branch.token_ids[0] == alternative
+    assert branch.reused_tokens == len(ids)  # only the forced token was fed
+    # The same as a cold run of the prompt with that token appended.
+    engine.reset()
+    cold = engine.generate(GenerationRequest(ids + (alternative,), max_new_tokens=5))
+    assert branch.token_ids[1:] == cold.token_ids
+
+
+SERVER = [sys.executable, "-m", "ghostls.cli.main", "serve", "--stdio"]
+
+
+@pytest_lsp.fixture(config=ClientServerConfig(server_command=SERVER))
+async def client(lsp_client: LanguageClient, tiny_model):
+    params = types.InitializeParams(capabilities=client_capabilities("visual-studio-code"), initialization_options={
+        "model": str(tiny_model("qwen")), "loadWaitMs": 120_000, "debounceMs": 0, "maxNewTokens": 6,
+        "timeBudgetMs": 20_000})
+    await lsp_client.initialize_session(params)
+    yield
+    await lsp_client.shutdown_session()
+
+
+async def _inline(client, uri, kind):
+    return await client.text_document_inline_completion_async(types.InlineCompletionParams(
+        context=types.InlineCompletionContext(trigger_kind=kind),
+        text_document=types.TextDocumentIdentifier(uri), position=types.Position(9, 4)))
+
+
+async def test_invoked_offers_up_to_three_distinct_candidates_automatic_one(client: LanguageClient):
+    uri = "file:///work/cands.py"
+    client.text_document_did_open(types.DidOpenTextDocumentParams(
+        types.TextDocumentItem(uri=uri, language_id="python", version=1, text=SOURCE)))
+    invoked = await _inline(client, uri, types.InlineCompletionTriggerKind.Invoked)
+    explained = await client.protocol.send_request_async("ghostls/explain", None)
+    texts = [item.insert_text for item in invoked.items]
+    assert len(texts) == len(set(texts)) <= 3
+    assert all(texts)
+    assert explained.last.candidates == len(texts)
+    assert explained.last.timings_ms.alternatives >= 0  # the branching stage ran and was timed
+    automatic = await _inline(client, uri, types.InlineCompletionTriggerKind.Automatic)
+    assert len(automatic.items) <= 1
+    explained = await client.protocol.send_request_async("ghostls/explain", None)
+    assert not hasattr(explained.last.timings_ms, "alternatives")

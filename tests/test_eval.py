@@ -1,0 +1,73 @@
+"""`ghostls eval`: holes cut from real files, scored with real tree-sitter parses; and one real run over LSP."""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+from ghostls.cli.evaluate import Hole, cut_body_hole, cut_line_hole, make_holes, score, summarize
+
+FIXTURE = Path(__file__).parent / "fixtures" / "workspace"
+GEOMETRY = FIXTURE / "shapes" / "geometry.py"
+
+
+def test_line_holes_remove_the_rest_of_a_line():
+    text = GEOMETRY.read_text()
+    for seed in range(20):
+        hole = cut_line_hole(GEOMETRY, text, random.Random(seed), whole=seed % 2 == 0)
+        lines = hole.text.split("\n")
+        assert lines[hole.line][: hole.column] + hole.expected == text.split("\n")[hole.line].rstrip()
+        assert len(lines[hole.line]) == hole.column
+        if hole.kind == "whole_line":
+            assert not lines[hole.line].strip()
+
+
+def test_body_holes_remove_a_whole_small_body():
+    text = GEOMETRY.read_text()
+    hole = cut_body_hole(GEOMETRY, text, random.Random(3))
+    assert hole.kind == "function_body"
+    lines = hole.text.split("\n")
+    indent = lines[hole.line]
+    assert not indent.strip() and len(indent) == hole.column
+    assert lines[hole.line - 1].rstrip().endswith(":")
+    # Putting the expected body back at the cursor gives the original file.
+    restored = lines[: hole.line] + [indent + hole.expected] + lines[hole.line + 1 :]
+    assert "\n".join(restored) == text
+    assert hole.expected.count("\n") >= 1
+
+
+def test_make_holes_cycles_kinds_and_skips_ignored_files():
+    holes = make_holes(FIXTURE, 6, seed=2)
+    assert [h.kind for h in holes] == ["rest_of_line", "whole_line", "function_body"] * 2
+    assert len({(h.path, h.line) for h in holes}) == len(holes)  # no hole twice
+    assert all("generated" not in h.path.parts and "private" not in h.path.parts for h in holes)
+
+
+def test_scores():
+    hole = Hole(Path("/t/a.py"), "whole_line", "def f(x):\n    \n", 1, 4, "return x + 1")
+    right = score(hole, "return x + 1", 0.5)
+    assert right["exact"] and right["first_line"] and right["similarity"] == 1.0 and not right["breaks_syntax"]
+    broken = score(hole, "return (x + 1", 0.5)
+    assert broken["breaks_syntax"] and not broken["exact"] and 0.8 < broken["similarity"] < 1
+    empty = score(hole, "", 1.0)
+    assert empty["empty"] and not empty["breaks_syntax"]
+    summary = summarize([right, broken, empty])
+    assert summary["exact_match"] == round(1 / 3, 3)
+    assert summary["syntax_breaking"] == round(1 / 3, 3)
+    assert summary["empty"] == round(1 / 3, 3)
+
+
+def test_eval_command_runs_the_real_server_and_the_naive_peer(tiny_model, tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "ghostls.cli.main", "eval", str(FIXTURE), "--limit", "3", "--ablation",
+         "--model", str(tiny_model("prefix_only")), "--json", str(tmp_path / "rows.json")],
+        capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    table = out.stdout
+    for name in ("ghostls", "no cross-file context", "no block rule", "no suffix rules", "no indentation fix",
+                 "no syntax guard", "naive peer"):
+        assert f"| {name} | 3 |" in table, table
+    assert "| 0 |" in table  # no request errors
+    assert "edit similarity vs the naive peer" in table
