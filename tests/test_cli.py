@@ -3,6 +3,7 @@ codes 0/1/2, --json, stdin, --max-lines) and the shell completion scripts run in
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -12,6 +13,17 @@ import sys
 import pytest
 
 GHOSTLS = [sys.executable, "-m", "ghostls.cli.main"]
+
+
+def _subcommands() -> str:
+    """Every `ghostls` subcommand, in the parser's order: what the completion scripts must offer."""
+    from ghostls.cli.main import _parser
+
+    sub = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return " ".join(sub.choices)
+
+
+SUBCOMMANDS = _subcommands()
 
 
 def run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -128,13 +140,13 @@ def test_complete_max_lines_caps_a_multi_line_completion(tmp_path, embedded_mode
 
 @pytest.mark.embedded
 def test_complete_exits_1_when_there_is_no_completion(tmp_path, embedded_model_dir):
-    # After a finished statement at the end of the file the embedded model (greedy) offers nothing.
-    source = tmp_path / "done.py"
-    source.write_text('import os\nprint("done")\n')
-    run = complete_run(embedded_model_dir, f"{source}:2:14")
+    # ghostls never completes in a secrets file (whatever the model would say): a "none" answer, with why.
+    source = tmp_path / ".env"
+    source.write_text("API_TOKEN=\n")
+    run = complete_run(embedded_model_dir, f"{source}:1:11")
     assert run.returncode == 1, (run.stdout, run.stderr)
     assert run.stdout == ""
-    assert "no completion" in run.stderr
+    assert "no completion" in run.stderr and "secret" in run.stderr
 
 
 def test_complete_from_stdin_needs_a_language():
@@ -171,7 +183,7 @@ ask ghostls completions z
     assert result.returncode == 0, result.stderr
     assert result.stdout.split("\n")[:7] == [
         "complete -o default -F _ghostls ghostls",
-        "serve complete completions model",
+        SUBCOMMANDS,
         "model",
         "convert list info",
         "error warning info debug",
@@ -214,6 +226,6 @@ ask ghostls complete --
                             env={**os.environ, "HOME": str(tmp_path)})
     assert result.returncode == 0, result.stderr
     lines = result.stdout.split("\n")
-    assert lines[:4] == ["_ghostls", "serve complete completions model", "convert list info",
+    assert lines[:4] == ["_ghostls", SUBCOMMANDS, "convert list info",
                          "error warning info debug"]
     assert "--max-lines" in lines[4].split()
