@@ -229,3 +229,37 @@ ask ghostls complete --
     assert lines[:4] == ["_ghostls", SUBCOMMANDS, "convert list info",
                          "error warning info debug"]
     assert "--max-lines" in lines[4].split()
+
+
+
+async def test_serve_logs_no_source_code_at_the_default_level(tmp_path, embedded_model_dir):
+    """A real `ghostls serve` at the default (info) level: neither the document's text nor the completion
+    may reach its log (pygls would write every message it sends there)."""
+    from lsprotocol import types
+    from pygls.lsp.client import LanguageClient
+
+    log = tmp_path / "server.log"
+    client = LanguageClient("log-check", "0")
+    for method in (types.PROGRESS, types.WINDOW_LOG_MESSAGE, types.WINDOW_SHOW_MESSAGE, "ghostls/status"):
+        client.feature(method)(lambda params: None)
+    client.feature(types.WINDOW_WORK_DONE_PROGRESS_CREATE)(lambda params: None)
+    await client.start_io("sh", "-c", f'exec "{sys.executable}" -m ghostls.cli.main serve --stdio 2>"{log}"')
+    await client.initialize_async(types.InitializeParams(
+        capabilities=types.ClientCapabilities(),
+        initialization_options={"model": str(embedded_model_dir), "loadWaitMs": 120_000, "debounceMs": 0}))
+    client.initialized(types.InitializedParams())
+    uri = (tmp_path / "sauce.py").as_uri()
+    client.text_document_did_open(types.DidOpenTextDocumentParams(types.TextDocumentItem(
+        uri=uri, language_id="python", version=1, text="def canary_function_name_7f3a(items):\n    return \n")))
+    result = await client.text_document_inline_completion_async(types.InlineCompletionParams(
+        context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Invoked),
+        text_document=types.TextDocumentIdentifier(uri), position=types.Position(1, 11)))
+    await client.shutdown_async(None)
+    client.exit(None)
+    await client.stop()
+    logged = log.read_text()
+    assert "completion sauce.py" in logged  # the server does log each completion, as counts and timings
+    assert "canary_function_name_7f3a" not in logged
+    for item in result.items:
+        if len(item.insert_text.strip()) >= 4:
+            assert item.insert_text not in logged

@@ -113,6 +113,10 @@ def _serve(args) -> int:
     # stdout carries the protocol: logs go to stderr only.
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.log_level != "debug":
+        # pygls logs every message it sends (completions: the user's code) and the initialize params at
+        # INFO; source code reaches the log at debug level only.
+        logging.getLogger("pygls").setLevel(logging.WARNING)
     from ghostls.server.app import create_server
 
     server = create_server()
