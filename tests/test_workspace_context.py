@@ -4,6 +4,7 @@ workspace (tests/fixtures/workspace) copied into a temporary folder."""
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from ghostls.parsers.document import Document, PositionEncoding
 from ghostls.parsers.index import IndexLimits, _tag_query
 from ghostls.parsers.languages import all_rules
 from ghostls.parsers.repo_context import build_repo_context
+from ghostls.parsers import workspace as workspace_module
 from ghostls.parsers.workspace import Workspace
 
 FIXTURE = Path(__file__).parent / "fixtures" / "workspace"
@@ -156,9 +158,18 @@ def test_index_follows_edits_saves_and_deletions(workspace: Workspace, root: Pat
     workspace.files_changed([extra.as_uri()])
     assert workspace.worker.wait_idle(10)
     assert workspace.index.lookup("brand_new_helper") == ()
-    # Recently edited regions of other documents come with the context, last.
+    # Recently edited regions of other documents come with the context, last, once their document is quiet
+    # (text changing at every keystroke at the top of a prompt would void its KV cache).
     main = _open(workspace, root / "main.py").snapshot()
     context = workspace.context_for(main, len(main.text), "qwen", count_tokens, 400)
+    assert "recent_edit" not in [item.source for item in context.items]
+    settled = time.monotonic() + workspace_module.RECENT_EDIT_SETTLE_S
+    assert [edit.line for edit in workspace.recent_edits("", now=settled)] == [34]
+    workspace_module.RECENT_EDIT_SETTLE_S, saved = 0.0, workspace_module.RECENT_EDIT_SETTLE_S
+    try:
+        context = workspace.context_for(main, len(main.text), "qwen", count_tokens, 400)
+    finally:
+        workspace_module.RECENT_EDIT_SETTLE_S = saved
     assert context.items[-1].source == "recent_edit"
     assert "def midpoint(a, b):" in context.text
 
