@@ -53,6 +53,8 @@ class GhostServer(LanguageServer):
         self.last_speculation: dict | None = None  # for `ghostls/explain`
         # Per document: where the last prompt's prefix began (see parsers.prompt.build_prompt's anchor).
         self.prompt_anchors: dict[str, int] = {}
+        # Per document: (cursor line, cross-file context) of the last answer, kept while typing along a line.
+        self.held_contexts: dict[str, tuple] = {}
         # Remote engines named in settings, each with its connection pool.
         self.remotes = RemoteBackends()
         # Workspace roots, secrets and the symbol index; replaced in `initialize` once the roots are known.

@@ -6,6 +6,7 @@ knows nothing of LSP. Every stage is timed so that an empty or cut answer can be
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import time
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from ghostls.parsers.document import DocumentSnapshot
 from ghostls.parsers.postprocess import (block_continues_below, decide_mode, finalize, stop_check,
                                          syntax_guard)
 from ghostls.parsers.prompt import build_prompt
-from ghostls.parsers.repo_context import EMPTY
+from ghostls.parsers.repo_context import EMPTY, RepoContext
 from ghostls.parsers.workspace import Workspace
 
 from .config import Settings
@@ -48,11 +49,14 @@ class CompletionResult:
     prompt: str = ""
     # More candidates after `text`, distinct, for an invoked request.
     alternatives: tuple[str, ...] = ()
+    # (cursor line, cross-file context) this answer used: the next request on the same line reuses it.
+    held_context: tuple[int, RepoContext] | None = None
 
 
 def complete(backend: CompletionBackend, snapshot: DocumentSnapshot, offset: int, settings: Settings,
              cancelled: Callable[[], bool] = lambda: False, anchor: int | None = None,
-             workspace: Workspace | None = None, invoked: bool = False) -> CompletionResult:
+             workspace: Workspace | None = None, invoked: bool = False,
+             held: tuple[int, RepoContext] | None = None) -> CompletionResult:
     timings: dict[str, float] = {}
     clock = time.perf_counter()
 
@@ -70,8 +74,14 @@ def complete(backend: CompletionBackend, snapshot: DocumentSnapshot, offset: int
     budget = settings.prompt_budget(backend.provider_name)
     count = backend.count_tokens
     repo = EMPTY
+    cursor_line = bisect.bisect_right(snapshot.line_starts, offset) - 1
     if workspace is not None and settings.workspace_context:
-        repo = workspace.context_for(snapshot, offset, template.family, count, settings.context_tokens)
+        if held is not None and held[0] == cursor_line:
+            # Typing along a line keeps the context it started with: the prompt's head, and so its KV cache,
+            # stays put while the names near the cursor (or other documents) change under the user's fingers.
+            repo = held[1]
+        else:
+            repo = workspace.context_for(snapshot, offset, template.family, count, settings.context_tokens)
     lap("context")
     prompt = build_prompt(snapshot, offset, template, count, budget=budget, context=repo.text, anchor=anchor)
     local = ""
@@ -142,4 +152,5 @@ def complete(backend: CompletionBackend, snapshot: DocumentSnapshot, offset: int
         lap("alternatives")
     return CompletionResult(candidates[0] if candidates else "", reason, mode.multiline, generation.prompt_tokens,
                             generation.reused_tokens, timings, prefix_start=prefix_start, context=context,
-                            prompt=prompt.text, alternatives=tuple(candidates[1:]))
+                            prompt=prompt.text, alternatives=tuple(candidates[1:]),
+                            held_context=(cursor_line, repo))

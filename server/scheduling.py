@@ -78,7 +78,7 @@ async def run_completion(ls, uri: str, line: int, character: int, invoked: bool,
             backend = model.backend
         # The thread's own future (not an asyncio one) tells when the worker really lets go after a cancel.
         work = ls.engine_worker.submit(_generate, backend, snapshot, offset, settings, cancelled.is_set,
-                                       ls.prompt_anchors.get(uri), ls.project, invoked)
+                                       ls.prompt_anchors.get(uri), ls.project, invoked, ls.held_contexts.get(uri))
         result = await asyncio.wrap_future(work)
     except asyncio.CancelledError:
         cancelled.set()  # the client gave up: stop the decode loop within one token
@@ -104,6 +104,8 @@ async def run_completion(ls, uri: str, line: int, character: int, invoked: bool,
         return None
     if result.prefix_start is not None:
         ls.prompt_anchors[uri] = result.prefix_start
+    if result.held_context is not None:
+        ls.held_contexts[uri] = result.held_context
     log.info("completion %s v%s: %d chars, %s, prompt %d tokens (%d reused), context %d snippets (%d tokens), %s",
              uri.rsplit("/", 1)[-1], snapshot.version, len(result.text), result.reason, result.prompt_tokens,
              result.reused_tokens, len(result.context.get("items", ())), result.context.get("tokens", 0),
@@ -148,14 +150,14 @@ async def _speculate(ls, uri: str, snapshot, shown: ShownCompletion, backend, se
         current.append(ShownCompletion(text, offset, result.text, result.multiline))
 
 
-def _generate(backend, snapshot, offset, settings, cancelled, anchor, workspace, invoked) -> CompletionResult:
+def _generate(backend, snapshot, offset, settings, cancelled, anchor, workspace, invoked, held) -> CompletionResult:
     """On the worker: a request superseded while it waited in the queue never starts (a typing burst
     queues many; only the newest should reach the model)."""
     if cancelled():
         return CompletionResult("", "cancelled", False)
     name = snapshot.uri.rsplit("/", 1)[-1]
     log.debug("generating for %s v%s", name, snapshot.version)
-    result = complete(backend, snapshot, offset, settings, cancelled, anchor, workspace, invoked)
+    result = complete(backend, snapshot, offset, settings, cancelled, anchor, workspace, invoked, held)
     log.debug("generated for %s v%s: %s", name, snapshot.version, result.reason)
     return result
 

@@ -136,9 +136,11 @@ async def test_context_uses_a_comment_block_for_a_prefix_only_model(tmp_path, ti
 async def test_watched_file_changes_reach_the_index(tmp_path, tiny_model):
     root = tmp_path / "ws"
     shutil.copytree(FIXTURE, root)
+    (root / "shapes" / "scaling.py").write_text('def scale_points(points, factor):\n    """Every point times factor."""\n'
+                                                 "    return [(x * factor, y * factor) for x, y in points]\n")
     client = await _start(root, tiny_model("qwen"), tmp_path / "server.log")
     try:
-        await _wait_for_index(client, 4)
+        await _wait_for_index(client, 5)
         uri = _open(client, root / "main.py", "python")
         # A new file appears on disk, and main.py starts using what it defines.
         (root / "shapes" / "scale.py").write_text("def scale_polygon(polygon, factor):\n    return polygon\n")
@@ -151,5 +153,38 @@ async def test_watched_file_changes_reach_the_index(tmp_path, tiny_model):
                 range=types.Range(types.Position(6, 4), types.Position(6, 4)), text="scale_polygon(square, 2)\n    ")]))
         _, explained = await _complete(client, uri, 7, len("    d = distance_between("))
         assert "<|file_sep|>shapes/scale.py\ndef scale_polygon(polygon, factor):" in explained.last.prompt
+    finally:
+        await _stop(client)
+
+
+async def test_typing_along_a_line_keeps_the_context_and_the_kv_cache(tmp_path, tiny_model):
+    """The cross-file context heads the prompt: if it changed with every name typed, every keystroke would pay
+    a full prefill. Along one line it is held; a new line looks again."""
+    root = tmp_path / "ws"
+    shutil.copytree(FIXTURE, root)
+    (root / "shapes" / "scaling.py").write_text('def scale_points(points, factor):\n    """Every point times factor."""\n'
+                                                 "    return [(x * factor, y * factor) for x, y in points]\n")
+    client = await _start(root, tiny_model("qwen"), tmp_path / "server.log")
+    try:
+        await _wait_for_index(client, 5)
+        uri = _open(client, root / "main.py", "python")
+        text = (root / "main.py").read_text()
+        line = text.split("\n")[6]
+        _, first = await _complete(client, uri, 6, len(line))
+        assert "distance_between" in {item.name for item in first.last.context.items}
+        assert "scale_points" not in {item.name for item in first.last.context.items}
+        # Type a name defined in another file: looked up afresh, it would join the context at every keystroke.
+        version, column = 1, len(line)
+        for ch in "scale_points":
+            version += 1
+            client.text_document_did_change(types.DidChangeTextDocumentParams(
+                text_document=types.VersionedTextDocumentIdentifier(uri=uri, version=version),
+                content_changes=[types.TextDocumentContentChangePartial(
+                    range=types.Range(types.Position(6, column), types.Position(6, column)), text=ch)]))
+            column += 1
+            _, explained = await _complete(client, uri, 6, column)
+            if explained.last.prompt_tokens:  # answered by the model, not typed through a shown completion
+                assert explained.last.prompt.split("<|fim_prefix|>")[0] == first.last.prompt.split("<|fim_prefix|>")[0]
+                assert explained.last.reused_tokens >= explained.last.prompt_tokens - 8
     finally:
         await _stop(client)

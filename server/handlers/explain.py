@@ -17,7 +17,7 @@ def register(server) -> None:
         last = None
         include_prompt = bool(_get(params, "includePrompt"))
         if result is not None:
-            last = {k: v for k, v in dataclasses.asdict(result).items() if k not in ("text", "prompt", "alternatives")}
+            last = {k: v for k, v in dataclasses.asdict(result).items() if k not in ("text", "prompt", "alternatives", "held_context")}
             last["chars"] = len(result.text)
             last["candidates"] = int(bool(result.text)) + len(result.alternatives)
             if include_prompt:

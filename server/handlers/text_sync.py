@@ -54,6 +54,7 @@ def register(server) -> None:
         ls.documents.pop(params.text_document.uri, None)
         ls.shown.pop(params.text_document.uri, None)
         ls.prompt_anchors.pop(params.text_document.uri, None)
+        ls.held_contexts.pop(params.text_document.uri, None)
         ls.project.document_closed(params.text_document.uri)
         if (flag := ls.inflight.pop(params.text_document.uri, None)) is not None:
             flag.set()
