@@ -136,11 +136,9 @@ async def test_context_uses_a_comment_block_for_a_prefix_only_model(tmp_path, ti
 async def test_watched_file_changes_reach_the_index(tmp_path, tiny_model):
     root = tmp_path / "ws"
     shutil.copytree(FIXTURE, root)
-    (root / "shapes" / "scaling.py").write_text('def scale_points(points, factor):\n    """Every point times factor."""\n'
-                                                 "    return [(x * factor, y * factor) for x, y in points]\n")
     client = await _start(root, tiny_model("qwen"), tmp_path / "server.log")
     try:
-        await _wait_for_index(client, 5)
+        await _wait_for_index(client, 4)
         uri = _open(client, root / "main.py", "python")
         # A new file appears on disk, and main.py starts using what it defines.
         (root / "shapes" / "scale.py").write_text("def scale_polygon(polygon, factor):\n    return polygon\n")
