@@ -24,6 +24,8 @@ from pathlib import Path
 from lsprotocol import types
 from pygls.lsp.client import LanguageClient
 
+from ghostls.bench.lsp import start_server
+
 MODULES = ("inspect", "argparse", "typing", "pathlib", "subprocess", "tarfile", "tokenize", "textwrap")
 
 
@@ -77,21 +79,7 @@ async def _editor(client: LanguageClient, uri: str, text: str, following: str, b
 
 async def run(editors: int, bursts: int, model: str | None, chars: int, timeout_s: float,
               settings: dict | None = None) -> dict:
-    client = LanguageClient("ghostls-multidoc", "0")
-    ready = asyncio.Event()
-    loop = asyncio.get_running_loop()
-
-    @client.feature("ghostls/status")
-    def _status(params):
-        if params.state in ("ready", "error"):
-            loop.call_soon_threadsafe(ready.set)
-
-    for method in (types.WINDOW_LOG_MESSAGE, types.WINDOW_SHOW_MESSAGE):
-        client.feature(method)(lambda params: None)
-    command = [sys.executable, "-m", "ghostls.cli.main", "serve", "--stdio", "--log-level", "warning"]
-    if model:
-        command += ["--model", model]
-    await client.start_io(*command)
+    client, ready = await start_server("ghostls-multidoc", model)
     await client.initialize_async(types.InitializeParams(capabilities=types.ClientCapabilities(),
                                                          initialization_options={"loadWaitMs": 120_000, **(settings or {})}))
     client.initialized(types.InitializedParams())

@@ -13,29 +13,15 @@ import sys
 import time
 
 from lsprotocol import types
-from pygls.lsp.client import LanguageClient
+
+from ghostls.bench.lsp import start_server
 
 SOURCE = "import os\n\n\ndef list_python_files(folder):\n    "
 
 
 async def one_run(model: str | None) -> tuple[float, float, float]:
-    client = LanguageClient("ghostls-startup", "0")
-    ready = asyncio.Event()
-    loop = asyncio.get_running_loop()
-
-    @client.feature("ghostls/status")
-    def _status(params):
-        if params.state in ("ready", "error"):
-            loop.call_soon_threadsafe(ready.set)
-
-    for method in (types.WINDOW_LOG_MESSAGE, types.WINDOW_SHOW_MESSAGE):
-        client.feature(method)(lambda params: None)
-
-    command = [sys.executable, "-m", "ghostls.cli.main", "serve", "--stdio", "--log-level", "warning"]
-    if model:
-        command += ["--model", model]
     started = time.perf_counter()
-    await client.start_io(*command)
+    client, ready = await start_server("ghostls-startup", model)
     await client.initialize_async(types.InitializeParams(capabilities=types.ClientCapabilities(),
                                                          initialization_options={"loadWaitMs": 60_000}))
     initialized = time.perf_counter() - started
