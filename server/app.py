@@ -12,6 +12,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 from lsprotocol import types
+from pygls.exceptions import JsonRpcContentModified, JsonRpcRequestCancelled
 from pygls.lsp.server import LanguageServer
 
 from ghostls import __version__
@@ -204,10 +205,20 @@ def _is_zombie(pid: int) -> bool:
         return False  # no /proc (macOS): os.kill alone decides
 
 
+class ExpectedAnswers(logging.Filter):
+    """ContentModified and RequestCancelled are answers a typing user causes all the time, not failures:
+    pygls would log each with a traceback at error level."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not isinstance(error, (JsonRpcContentModified, JsonRpcRequestCancelled))
+
+
 def create_server() -> GhostServer:
     from .handlers import register_all
 
     redact_logs()
+    logging.getLogger("pygls.protocol.json_rpc").addFilter(ExpectedAnswers())
     server = GhostServer()
     register_all(server)
     return server

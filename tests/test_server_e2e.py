@@ -208,3 +208,24 @@ async def test_request_while_converting_is_empty_not_an_error(converting_client:
     models = Path(os.environ["GHOSTLS_CACHE_DIR"]) / "models"
     for folder in models.glob(f"{converting_client.fresh_checkpoint.name}*"):
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_expected_answers_leave_no_traceback_in_the_log():
+    import logging
+
+    from pygls.exceptions import JsonRpcContentModified, JsonRpcInternalError, JsonRpcRequestCancelled
+
+    from ghostls.server.app import ExpectedAnswers
+
+    def record(error: BaseException) -> logging.LogRecord:
+        try:
+            raise error
+        except BaseException:
+            return logging.LogRecord("pygls.protocol.json_rpc", logging.ERROR, __file__, 1, "Exception occurred",
+                                     None, sys.exc_info())
+
+    keep = ExpectedAnswers().filter
+    assert not keep(record(JsonRpcContentModified("changed")))
+    assert not keep(record(JsonRpcRequestCancelled("cancelled")))
+    assert keep(record(JsonRpcInternalError("a real failure")))  # real failures keep their traceback
+    assert keep(logging.LogRecord("pygls", logging.INFO, __file__, 1, "no exception", None, None))
