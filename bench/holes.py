@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 
 from lsprotocol import types
-from pygls.lsp.client import LanguageClient
 
+from ghostls.bench.lsp import start_server
 from ghostls.parsers.languages import rules_for
 
 
@@ -48,19 +48,7 @@ def cut_hole(text: str, rng: random.Random) -> tuple[str, int, int, str]:
 
 
 async def run(files: list[Path], seed: int, model: str | None, verbose: bool = False) -> dict:
-    client = LanguageClient("ghostls-holes", "0")
-
-    @client.feature(types.WINDOW_WORK_DONE_PROGRESS_CREATE)
-    def _create(params):
-        return None
-
-    for method in (types.PROGRESS, types.WINDOW_LOG_MESSAGE, types.WINDOW_SHOW_MESSAGE, "ghostls/status"):
-        client.feature(method)(lambda params: None)
-
-    command = [sys.executable, "-m", "ghostls.cli.main", "serve", "--stdio", "--log-level", "warning"]
-    if model:
-        command += ["--model", model]
-    await client.start_io(*command)
+    client, _ = await start_server("ghostls-holes", model)
     await client.initialize_async(types.InitializeParams(
         capabilities=types.ClientCapabilities(), initialization_options={"loadWaitMs": 600_000}))
     client.initialized(types.InitializedParams())

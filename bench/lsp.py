@@ -1,4 +1,4 @@
-"""A real LSP client for the benchmark scripts: starts `ghostls serve --stdio` and tells when its model is ready."""
+"""A real LSP client for the benchmark scripts and `ghostls eval`: starts `ghostls serve --stdio` and tells when its model is ready."""
 
 from __future__ import annotations
 
@@ -21,7 +21,11 @@ async def start_server(name: str, model: str | None) -> tuple[LanguageClient, as
         if params.state in ("ready", "error"):
             loop.call_soon_threadsafe(ready.set)
 
-    for method in (types.WINDOW_LOG_MESSAGE, types.WINDOW_SHOW_MESSAGE):
+    @client.feature(types.WINDOW_WORK_DONE_PROGRESS_CREATE)
+    def _create(params):
+        return None
+
+    for method in (types.PROGRESS, types.WINDOW_LOG_MESSAGE, types.WINDOW_SHOW_MESSAGE):
         client.feature(method)(lambda params: None)
     command = [sys.executable, "-m", "ghostls.cli.main", "serve", "--stdio", "--log-level", "warning"]
     if model:

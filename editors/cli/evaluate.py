@@ -225,23 +225,11 @@ async def _evaluate(root: Path, holes: list[Hole], configs: dict[str, dict], mod
                     naive: NaivePeer | None, progress, time_budget_ms: int,
                     prompt_tokens: int | None) -> dict[str, list[dict]]:
     from lsprotocol import types
-    from pygls.lsp.client import LanguageClient
 
+    from ghostls.bench.lsp import start_server
     from ghostls.parsers.languages import rules_for
 
-    client = LanguageClient("ghostls-eval", "0")
-
-    @client.feature(types.WINDOW_WORK_DONE_PROGRESS_CREATE)
-    def _create(params):
-        return None
-
-    for method in (types.PROGRESS, types.WINDOW_LOG_MESSAGE, types.WINDOW_SHOW_MESSAGE, "ghostls/status"):
-        client.feature(method)(lambda params: None)
-
-    command = [sys.executable, "-m", "ghostls.cli.main", "serve", "--stdio", "--log-level", "warning"]
-    if model:
-        command += ["--model", model]
-    await client.start_io(*command)
+    client, _ = await start_server("ghostls-eval", model)
     await client.initialize_async(types.InitializeParams(
         capabilities=types.ClientCapabilities(), root_uri=root.as_uri(),
         workspace_folders=[types.WorkspaceFolder(uri=root.as_uri(), name=root.name)],
