@@ -9,7 +9,7 @@ from lsprotocol import types
 from pygls.lsp.client import LanguageClient
 
 
-async def start_server(name: str, model: str | None) -> tuple[LanguageClient, asyncio.Event]:
+async def start_server(name: str, model: str | None, log_level: str = "warning") -> tuple[LanguageClient, asyncio.Event]:
     """A client talking to a fresh server process, and an event set once `ghostls/status` says ready (or error).
     The caller sends `initialize` itself, so that it can time it."""
     client = LanguageClient(name, "0")
@@ -27,8 +27,16 @@ async def start_server(name: str, model: str | None) -> tuple[LanguageClient, as
 
     for method in (types.PROGRESS, types.WINDOW_LOG_MESSAGE, types.WINDOW_SHOW_MESSAGE):
         client.feature(method)(lambda params: None)
-    command = [sys.executable, "-m", "ghostls.cli.main", "serve", "--stdio", "--log-level", "warning"]
+    command = [sys.executable, "-m", "ghostls.cli.main", "serve", "--stdio", "--log-level", log_level]
     if model:
         command += ["--model", model]
     await client.start_io(*command)
+    # pygls pipes the server's stderr and never reads it: a chatty server would block once the pipe fills.
+    # Pass it through instead (the server's log, at `log_level`).
+    client._stderr_drain = asyncio.ensure_future(_pass_through(client._server.stderr))
     return client, ready
+
+
+async def _pass_through(stream: asyncio.StreamReader) -> None:
+    while line := await stream.readline():
+        sys.stderr.write(line.decode("utf-8", "replace"))

@@ -78,8 +78,8 @@ async def _editor(client: LanguageClient, uri: str, text: str, following: str, b
 
 
 async def run(editors: int, bursts: int, model: str | None, chars: int, timeout_s: float,
-              settings: dict | None = None) -> dict:
-    client, ready = await start_server("ghostls-multidoc", model)
+              settings: dict | None = None, log_level: str = "warning") -> dict:
+    client, ready = await start_server("ghostls-multidoc", model, log_level)
     await client.initialize_async(types.InitializeParams(capabilities=types.ClientCapabilities(),
                                                          initialization_options={"loadWaitMs": 120_000, **(settings or {})}))
     client.initialized(types.InitializedParams())
@@ -105,6 +105,7 @@ async def run(editors: int, bursts: int, model: str | None, chars: int, timeout_
         "p50_s": round(statistics.median(answered), 3) if answered else None,
         "p95_s": round(_pct(answered, 0.95), 3) if answered else None,
         "per_editor_max_s": [round(max((x for x in xs if x is not None), default=0), 3) for xs in per_editor],
+        "latencies_s": [[None if x is None else round(x, 2) for x in xs] for xs in per_editor],
         "server_peak_rss_mib": round(rss / 2**20, 1),
     }
 
@@ -129,10 +130,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds before an answer counts as starved")
     parser.add_argument("--model")
     parser.add_argument("--settings", type=json.loads, default={}, help='server settings, e.g. \'{"kvCacheMb": 128}\'')
+    parser.add_argument("--log-level", default="warning", help="the server's, on stderr (info: one line per answer)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    single = asyncio.run(run(1, args.bursts, args.model, args.chars, args.timeout, args.settings))
-    multi = asyncio.run(run(args.editors, args.bursts, args.model, args.chars, args.timeout, args.settings))
+    single = asyncio.run(run(1, args.bursts, args.model, args.chars, args.timeout, args.settings, args.log_level))
+    multi = asyncio.run(run(args.editors, args.bursts, args.model, args.chars, args.timeout, args.settings,
+                            args.log_level))
     ratio = round(multi["p95_s"] / single["p95_s"], 2) if multi["p95_s"] and single["p95_s"] else None
     report = {"settings": args.settings, "single": single, "multi": multi, "p95_ratio": ratio}
     if args.json:

@@ -83,9 +83,10 @@ def decide_mode(snapshot: DocumentSnapshot, offset: int) -> CompletionMode:
     return CompletionMode(False, "end of line", indent)
 
 
-# Rules that `skip` can turn off, for the evaluation's ablation: the block cut (stop at the end of the block),
-# the suffix rules (no repeating what follows the cursor), indentation repair, and the syntax guard (in completer).
-RULES = ("block", "suffix", "indent", "syntax")
+# Rules that `skip` can turn off, for the evaluation's ablation: one line after a block's existing code for a
+# prefix-only model (in completer), the block cut (stop at the end of the block), the suffix rules (no repeating what follows the
+# cursor), indentation repair, the loop cut (a model repeating itself) and the syntax guard (in completer).
+RULES = ("next_line", "block", "suffix", "indent", "repetition", "syntax")
 
 
 def stop_check(
@@ -96,6 +97,8 @@ def stop_check(
     cursor = _cursor(snapshot, offset)
 
     def complete(generated: str) -> bool:
+        if "repetition" not in skip and _cut_loop(generated, final=False) is not None:
+            return True  # a model repeating itself will not stop on its own
         return _cut(cursor, mode, generated, max_lines, final=False, block="block" not in skip)[2]
 
     return complete
@@ -107,8 +110,12 @@ def finalize(
 ) -> Completion:
     """The text to show: cut to the mode, stripped, and without text that is already after the cursor."""
     cursor = _cursor(snapshot, offset)
+    reasons = []
+    if "repetition" not in skip and (looped := _cut_loop(generated, final=True)) is not None:
+        generated = looped
+        reasons.append("cut a repeating loop")
     text, reason, _ = _cut(cursor, mode, generated, max_lines, final=True, block="block" not in skip)
-    reasons = [reason] if reason else []
+    reasons += [reason] if reason else []
 
     text = text.rstrip()
     if "indent" not in skip and mode.multiline:
@@ -227,6 +234,38 @@ def _cut(
                 break  # a later bracket on this line may still close the block
             return "\n".join(lines[:i]), "dedent", True
     return "\n".join(lines), "", False
+
+
+# A unit of text written three times in a row on one line ("x", "x", "x", ...), or the same line three times
+# running: small models loop like this until the token limit. Only units of words count (see _loop_unit).
+_LOOP_IN_LINE = re.compile(r"([^\n]{4,60}?)\1\1")
+_LOOP_LINES = 3
+
+
+def _cut_loop(text: str, *, final: bool) -> str | None:
+    """The text cut after the first copy of a loop the model fell into, or None when there is none.
+
+    While decoding (`final` False) this runs after every token, so it looks only at the tail, where a loop that
+    was not there one token ago must end, and its answer means only "found" (the cut is made at the end). The last
+    line may still be growing then; a loop in it counts all the same, since three copies are already written."""
+    if not final:
+        text = text[-(_LOOP_LINES * 64 + 64):]
+    lines = text.split("\n")
+    complete = lines if final else lines[:-1]
+    for i in range(_LOOP_LINES - 1, len(complete)):
+        line = complete[i].rstrip()  # indentation counts: nested "done" / "end" lines differ in it
+        if _loop_unit(line) and all(complete[i - k].rstrip() == line for k in range(1, _LOOP_LINES)):
+            return "\n".join(lines[: i - _LOOP_LINES + 2])
+    for match in _LOOP_IN_LINE.finditer(text):
+        if _loop_unit(match.group(1)):
+            return text[: match.start() + len(match.group(1))]
+    return None
+
+
+def _loop_unit(text: str) -> bool:
+    """Text that counts as a loop's unit: words, not data ("0, ") nor one repeated character ("aaaa", "----")."""
+    stripped = text.strip()
+    return len(stripped) >= 4 and len(set(stripped)) >= 3 and any(c.isalpha() for c in stripped)
 
 
 def _fix_indentation(text: str, cursor: _Cursor, mode: CompletionMode) -> str:
@@ -413,6 +452,30 @@ def _indent_from_above(snapshot: DocumentSnapshot, offset: int, rules, cursor: _
             indent = _indent_of(line)
             return indent + _unit_for(indent, cursor.unit) if _ends_with_opener(line, rules.block_openers) else ""
     return ""
+
+
+def block_has_code_above(snapshot: DocumentSnapshot, offset: int, mode: CompletionMode) -> bool:
+    """True when the cursor is on a blank line of an indented block that already holds a statement above it: the
+    nearest non-blank line above is code at the block's depth (not its opener, a comment or a docstring) or deeper
+    (a nested block's end). A block still empty, or only commented, wants its body; one with code, its next line."""
+    cursor = _cursor(snapshot, offset)
+    if cursor.before.strip() or not mode.indent or mode.reason != "empty line in block":
+        return False
+    rules, indent = snapshot.language, mode.indent
+    window = snapshot.text[max(0, offset - _SUFFIX_CHARS) : offset]
+    lines = window.splitlines()[:-1] if not window.endswith("\n") else window.splitlines()
+    for line in reversed(lines):
+        if not line.strip():
+            continue
+        width, code = _width(_indent_of(line)), line.strip()
+        if width < _width(indent):
+            return False  # the block's own opener: nothing in it yet
+        commented = (cursor.line_comment and code.startswith(cursor.line_comment)) or code[:1] in _QUOTES or (
+            rules.block_comment is not None and code.startswith(rules.block_comment[0]))
+        if width == _width(indent) and (commented or _ends_with_opener(line, rules.block_openers)):
+            return False
+        return True
+    return False
 
 
 def _unit_for(indent: str, unit: str) -> str:

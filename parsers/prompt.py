@@ -23,8 +23,11 @@ _MAX_COUNTS = 5
 # A prefix window that cannot hold the whole file starts this full, leaving room for the user to type on
 # with the same start (the anchor), so the model's KV cache for it is reused keystroke after keystroke.
 _WINDOW_FILL = 0.75
-# An anchored window is kept while it holds at least this share of the prefix budget.
+# An anchored window is kept while it holds at least this share of the prefix budget, and at most the budget plus
+# this share: a first window is filled whole (the best first answer), and the slack lets the next keystrokes
+# reuse its KV cache instead of paying a second long prefill right after the first.
 _ANCHOR_MIN_FILL = 0.5
+_ANCHOR_SLACK = 0.15
 
 
 class PromptTemplate(Protocol):
@@ -46,7 +49,8 @@ class Prompt:
     # model add another; it generates the space itself instead, and `heal` drops it again.
     healed: str = ""
     # The cursor stands after indentation only. The indentation stays in the prompt (cut away, the
-    # model is free to dedent out of the block), and the model's extra leading spaces are dropped.
+    # model is free to dedent out of the block), but for its last space (see build_prompt), and the model's
+    # leading spaces are dropped.
     at_indent: bool = False
 
     def heal(self, generated: str) -> str:
@@ -109,6 +113,12 @@ def build_prompt(
     cursor_line = prefix[prefix.rfind("\n") + 1:]
     at_indent = bool(cursor_line) and not cursor_line.strip(" \t")
     rendered = prefix if at_indent else prefix.rstrip(" \t")
+    if at_indent and not template.uses_suffix and cursor_line.endswith(" "):
+        # BPE tokenizers fold a line's last indentation space into its first word (" return"): a prompt that
+        # continues straight from the cursor ends one space short, so the model writes " return" itself, at the
+        # block's depth, instead of one space deeper on every line. (A FIM prompt ends in a special token:
+        # its models saw prefixes cut anywhere.)
+        rendered = prefix[:-1]
     healed = prefix[len(rendered):]
 
     return Prompt(
@@ -125,13 +135,15 @@ def build_prompt(
 
 def _anchored_start(text: str, offset: int, anchor: int | None, budget: int,
                     count: Callable[[str], int]) -> int | None:
-    """The anchor, if it is a line start before the cursor whose window still fits the budget well."""
+    """The anchor, if it is a line start before the cursor whose window still fits the budget well (see
+    _ANCHOR_SLACK)."""
     if anchor is None or not 0 < anchor <= offset or text[anchor - 1] not in "\r\n":
         return None
-    if offset - anchor > max(budget, 1) * _MAX_CHARS_PER_TOKEN:
+    most = budget * (1 + _ANCHOR_SLACK)
+    if offset - anchor > max(most, 1) * _MAX_CHARS_PER_TOKEN:
         return None  # far above the cursor: not worth a tokenizer call over that much text
     tokens = count(text[anchor:offset])
-    return anchor if budget * _ANCHOR_MIN_FILL <= tokens <= budget else None
+    return anchor if budget * _ANCHOR_MIN_FILL <= tokens <= most else None
 
 
 def _line_start(text: str, offset: int) -> int:

@@ -9,6 +9,7 @@ import asyncio
 import logging
 import os
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 from lsprotocol import types
@@ -27,6 +28,8 @@ from .remotes import RemoteBackends, plaintext_warning, redact_logs
 log = logging.getLogger(__name__)
 
 PROGRESS_TOKEN = "ghostls/model"
+# How long after two documents' requests last overlapped the engine still counts as shared (see contended()).
+CONTENTION_HOLD_S = 10.0
 STATUS_NOTIFICATION = "ghostls/status"
 
 
@@ -40,6 +43,7 @@ class GhostServer(LanguageServer):
         self.models = ModelHost(on_status=self._status_from_thread, on_progress=self._progress_from_thread)
         # The cancel flag of the newest completion request per document; a newer one sets the older.
         self.inflight: dict[str, threading.Event] = {}
+        self.contended_at = float("-inf")  # when requests for two documents last overlapped
         self._loop: asyncio.AbstractEventLoop | None = None
         self._progress_open = False
         self._warned: set[str] = set()
@@ -76,6 +80,20 @@ class GhostServer(LanguageServer):
         flag = threading.Event()
         self.inflight[uri] = flag
         return flag
+
+    def others_waiting(self, uri: str) -> bool:
+        """Whether a live completion request for another document is waiting (in debounce or for the engine).
+
+        Called from the worker thread: a snapshot of the dict, read without the event loop (single writes only)."""
+        waiting = any(other != uri and not flag.is_set() for other, flag in list(self.inflight.items()))
+        if waiting:
+            self.contended_at = time.monotonic()
+        return waiting
+
+    def contended(self, uri: str) -> bool:
+        """Whether other documents want the engine now or did within CONTENTION_HOLD_S: while they take turns,
+        each keeps the small prompt window it got (growing it back costs a long prefill at the worst time)."""
+        return self.others_waiting(uri) or time.monotonic() - self.contended_at < CONTENTION_HOLD_S
 
     def release(self, uri: str, flag: threading.Event) -> None:
         if self.inflight.get(uri) is flag:

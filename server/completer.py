@@ -15,9 +15,9 @@ from typing import Callable
 from ghostls.inference.backend import BackendError, CompletionBackend, TextRequest
 from ghostls.parsers.context import gather_context
 from ghostls.parsers.document import DocumentSnapshot
-from ghostls.parsers.postprocess import (block_continues_below, decide_mode, finalize, stop_check,
-                                         syntax_guard)
-from ghostls.parsers.prompt import build_prompt
+from ghostls.parsers.postprocess import (block_continues_below, block_has_code_above, decide_mode, finalize,
+                                         stop_check, syntax_guard)
+from ghostls.parsers.prompt import Prompt, build_prompt
 from ghostls.parsers.repo_context import EMPTY, RepoContext
 from ghostls.parsers.workspace import Workspace
 
@@ -30,6 +30,11 @@ SINGLE_LINE_MAX_TOKENS = 48
 MAX_CANDIDATES = 3
 # Alternatives start from the next most likely first tokens (branching costs decode steps only, no prefill).
 FIRST_TOKEN_BRANCHES = 4
+# While requests for other documents wait for the one engine, a prompt that cannot reuse this document's KV cache
+# is cut to this share of the budget (its prefill is most of a request's cost), and a multi-line answer stops at
+# its first line: every document gets a short answer soon rather than one document a long one late.
+BUSY_BUDGET_SHARE = 1 / 4
+BUSY_MIN_BUDGET = 256
 
 
 @dataclass(frozen=True)
@@ -56,7 +61,11 @@ class CompletionResult:
 def complete(backend: CompletionBackend, snapshot: DocumentSnapshot, offset: int, settings: Settings,
              cancelled: Callable[[], bool] = lambda: False, anchor: int | None = None,
              workspace: Workspace | None = None, invoked: bool = False,
-             held: tuple[int, RepoContext] | None = None) -> CompletionResult:
+             held: tuple[int, RepoContext] | None = None,
+             others_waiting: Callable[[], bool] = lambda: False,
+             contended: Callable[[], bool] | None = None) -> CompletionResult:
+    """`others_waiting` says whether requests for other documents are waiting for the engine now, `contended`
+    whether they did lately (default: now); see BUSY_*."""
     timings: dict[str, float] = {}
     clock = time.perf_counter()
 
@@ -67,10 +76,15 @@ def complete(backend: CompletionBackend, snapshot: DocumentSnapshot, offset: int
         clock = now
 
     template = backend.template
+    skip = frozenset(settings.skip_rules)
     mode = decide_mode(snapshot, offset)
-    if mode.multiline and not template.uses_suffix and block_continues_below(snapshot, offset, mode):
-        # A prefix-only model cannot see the lines below, so a block from it would re-type them: one line.
-        mode = dataclasses.replace(mode, multiline=False, reason="between lines (the model cannot see the suffix)")
+    if mode.multiline and not template.uses_suffix:
+        # A prefix-only model cannot see the lines below, so a block from it would re-type them; and after a
+        # block's existing code it does not know where the block ends, so it runs on: one line in both cases.
+        if block_continues_below(snapshot, offset, mode):
+            mode = dataclasses.replace(mode, multiline=False, reason="between lines (the model cannot see the suffix)")
+        elif "next_line" not in skip and block_has_code_above(snapshot, offset, mode):
+            mode = dataclasses.replace(mode, multiline=False, reason="next line of a block that has code")
     budget = settings.prompt_budget(backend.provider_name)
     count = backend.count_tokens
     repo = EMPTY
@@ -83,18 +97,19 @@ def complete(backend: CompletionBackend, snapshot: DocumentSnapshot, offset: int
         else:
             repo = workspace.context_for(snapshot, offset, template.family, count, settings.context_tokens)
     lap("context")
-    prompt = build_prompt(snapshot, offset, template, count, budget=budget, context=repo.text, anchor=anchor)
-    local = ""
-    if prompt.prefix_truncated:
-        # The window misses the top of the file: bring the imports and enclosing headers back in.
-        local = gather_context(snapshot, offset, offset - len(prompt.prefix))
-        if local:
-            prompt = build_prompt(snapshot, offset, template, count, budget=budget, context=repo.text + local,
-                                  anchor=anchor)
+    prompt, local = _prompt(snapshot, offset, template, count, budget, repo.text, anchor)
+    busy = False
+    if offset - len(prompt.prefix) != anchor and (contended or others_waiting)():
+        # A new window (no KV cache to reuse) while other documents take turns: a smaller one; its start becomes
+        # the anchor, so the next keystrokes here reuse it for as long as the engine stays shared.
+        busy = True
+        budget = max(BUSY_MIN_BUDGET, int(budget * BUSY_BUDGET_SHARE))
+        prompt, local = _prompt(snapshot, offset, template, count, budget, repo.text, anchor)
     lap("prompt")
     context = {"format": repo.format, "tokens": repo.tokens, "candidates": repo.candidates,
                "dropped": repo.dropped, "items": [dataclasses.asdict(item) for item in repo.items],
-               "localLines": local.count("\n"), "prefixTruncated": prompt.prefix_truncated}
+               "localLines": local.count("\n"), "prefixTruncated": prompt.prefix_truncated,
+               "budget": budget, "busy": busy}
     prefix_start = offset - len(prompt.prefix)
 
     max_new = settings.max_new_tokens if mode.multiline else min(settings.max_new_tokens, SINGLE_LINE_MAX_TOKENS)
@@ -102,11 +117,21 @@ def complete(backend: CompletionBackend, snapshot: DocumentSnapshot, offset: int
     request = TextRequest(prompt.text, max_new_tokens=max_new, stop_strings=template.stop,
                           time_budget_s=settings.time_budget_ms / 1000, cache_key=snapshot.uri,
                           first_choices=FIRST_TOKEN_BRANCHES if invoked else 0)
-    skip = frozenset(settings.skip_rules)
     complete_at = stop_check(snapshot, offset, mode, settings.max_lines, skip)
+    first_line_only = False
+
+    def is_complete(text: str) -> bool:
+        nonlocal first_line_only
+        text = prompt.heal(text)
+        if complete_at(text):
+            return True
+        if mode.multiline and "\n" in text.lstrip("\n") and others_waiting():
+            first_line_only = True  # other documents wait: one line now, the rest on the next request
+            return True
+        return False
+
     try:
-        generation = backend.complete(request, is_complete=lambda text: complete_at(prompt.heal(text)),
-                                      cancelled=cancelled)
+        generation = backend.complete(request, is_complete=is_complete, cancelled=cancelled)
     except BackendError as exc:
         lap("generate")
         return CompletionResult("", str(exc), mode.multiline, timings_ms=timings, error=exc.kind,
@@ -116,8 +141,10 @@ def complete(backend: CompletionBackend, snapshot: DocumentSnapshot, offset: int
     if generation.stop_reason == "cancelled":
         return CompletionResult("", "cancelled", mode.multiline, generation.prompt_tokens,
                                 generation.reused_tokens, timings, prefix_start=prefix_start, context=context,
-                                prompt=prompt.text)
+                                prompt=prompt.text, held_context=(cursor_line, repo))
     final = finalize(snapshot, offset, mode, prompt.heal(generation.text), settings.max_lines, skip)
+    if first_line_only:
+        final = dataclasses.replace(final, reason=f"{final.reason}; first line only: other documents were waiting")
     lap("postprocess")
     if "syntax" not in skip:
         # parse: the document re-parsed with the completion merged in, to keep it from adding syntax errors.
@@ -154,3 +181,17 @@ def complete(backend: CompletionBackend, snapshot: DocumentSnapshot, offset: int
                             generation.reused_tokens, timings, prefix_start=prefix_start, context=context,
                             prompt=prompt.text, alternatives=tuple(candidates[1:]),
                             held_context=(cursor_line, repo))
+
+
+def _prompt(snapshot: DocumentSnapshot, offset: int, template, count, budget: int, context: str,
+            anchor: int | None) -> tuple[Prompt, str]:
+    """The prompt within `budget`, and the local context (imports, enclosing headers) added to it, if any."""
+    prompt = build_prompt(snapshot, offset, template, count, budget=budget, context=context, anchor=anchor)
+    local = ""
+    if prompt.prefix_truncated:
+        # The window misses the top of the file: bring the imports and enclosing headers back in.
+        local = gather_context(snapshot, offset, offset - len(prompt.prefix))
+        if local:
+            prompt = build_prompt(snapshot, offset, template, count, budget=budget, context=context + local,
+                                  anchor=anchor)
+    return prompt, local

@@ -78,7 +78,8 @@ async def run_completion(ls, uri: str, line: int, character: int, invoked: bool,
             backend = model.backend
         # The thread's own future (not an asyncio one) tells when the worker really lets go after a cancel.
         work = ls.engine_worker.submit(_generate, backend, snapshot, offset, settings, cancelled.is_set,
-                                       ls.prompt_anchors.get(uri), ls.project, invoked, ls.held_contexts.get(uri))
+                                       ls.prompt_anchors.get(uri), ls.project, invoked, ls.held_contexts.get(uri),
+                                       lambda: ls.others_waiting(uri), lambda: ls.contended(uri))
         result = await asyncio.wrap_future(work)
     except asyncio.CancelledError:
         cancelled.set()  # the client gave up: stop the decode loop within one token
@@ -96,16 +97,19 @@ async def run_completion(ls, uri: str, line: int, character: int, invoked: bool,
 
     if remote is not None:
         ls.report_remote(remote, result)
+    # Where this prompt's window began and which context it held describe the KV cache the engine now keeps for
+    # the document, stale answer or not: the next request builds on them (dropping them made the next keystroke
+    # of a burst start a new window, a long prefill, whenever the answer before it came too late).
+    if result.prefix_start is not None:
+        ls.prompt_anchors[uri] = result.prefix_start
+    if result.held_context is not None:
+        ls.held_contexts[uri] = result.held_context
     current = ls.documents.get(uri)
     if current is None or current.version != snapshot.version:
         # Never place text computed for an old version at positions of a new one.
         raise JsonRpcContentModified(f"{uri} changed while the completion was computed")
     if result.reason == "cancelled":
         return None
-    if result.prefix_start is not None:
-        ls.prompt_anchors[uri] = result.prefix_start
-    if result.held_context is not None:
-        ls.held_contexts[uri] = result.held_context
     log.info("completion %s v%s: %d chars, %s, prompt %d tokens (%d reused), context %d snippets (%d tokens), %s",
              uri.rsplit("/", 1)[-1], snapshot.version, len(result.text), result.reason, result.prompt_tokens,
              result.reused_tokens, len(result.context.get("items", ())), result.context.get("tokens", 0),
@@ -150,14 +154,16 @@ async def _speculate(ls, uri: str, snapshot, shown: ShownCompletion, backend, se
         current.append(ShownCompletion(text, offset, result.text, result.multiline))
 
 
-def _generate(backend, snapshot, offset, settings, cancelled, anchor, workspace, invoked, held) -> CompletionResult:
+def _generate(backend, snapshot, offset, settings, cancelled, anchor, workspace, invoked, held,
+              others_waiting, contended) -> CompletionResult:
     """On the worker: a request superseded while it waited in the queue never starts (a typing burst
     queues many; only the newest should reach the model)."""
     if cancelled():
         return CompletionResult("", "cancelled", False)
     name = snapshot.uri.rsplit("/", 1)[-1]
     log.debug("generating for %s v%s", name, snapshot.version)
-    result = complete(backend, snapshot, offset, settings, cancelled, anchor, workspace, invoked, held)
+    result = complete(backend, snapshot, offset, settings, cancelled, anchor, workspace, invoked, held,
+                      others_waiting, contended)
     log.debug("generated for %s v%s: %s", name, snapshot.version, result.reason)
     return result
 

@@ -120,6 +120,8 @@ def test_complete_file_json_and_stdin_give_the_same_completion(tmp_path, embedde
     assert answer["range"] == {"start": {"line": 4, "col": 9}, "end": {"line": 4, "col": 9}}
     assert answer["timings_ms"]["prefill"] > 0 and answer["timings_ms"]["decode"] > 0
     assert answer["prompt_tokens"] > 0
+    # The command is an invoked request: its other candidates come along, distinct from the first.
+    assert isinstance(answer["alternatives"], list) and answer["text"] not in answer["alternatives"]
 
     # The same text from stdin, with --line/--col, printed plain for a script to use.
     from_stdin = complete_run(embedded_model_dir, "-", "--line", "4", "--col", "9", "--language", "python",

@@ -18,4 +18,4 @@ def test_invalid_context_settings_fall_back():
                                          "contextTokens": -1})
     assert settings == Settings()
     assert len(warnings) == 3
-    assert any("skipRules" in w and "block, suffix, indent, syntax" in w for w in warnings)
+    assert any("skipRules" in w and "next_line, block, suffix, indent, repetition, syntax" in w for w in warnings)

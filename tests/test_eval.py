@@ -66,8 +66,8 @@ def test_eval_command_runs_the_real_server_and_the_naive_peer(tiny_model, tmp_pa
         capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     table = out.stdout
-    for name in ("ghostls", "no cross-file context", "no block rule", "no suffix rules", "no indentation fix",
-                 "no syntax guard", "naive peer"):
+    for name in ("ghostls", "no cross-file context", "no next-line rule", "no block rule", "no suffix rules",
+                 "no indentation fix", "no loop cut", "no syntax guard", "naive peer"):
         assert f"| {name} | 3 |" in table, table
     assert "| 0 |" in table  # no request errors
     assert "edit similarity vs the naive peer" in table

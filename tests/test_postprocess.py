@@ -6,7 +6,8 @@ Every case parses the document with the real tree-sitter grammar, as the server 
 import pytest
 
 from ghostls.parsers.document import Document
-from ghostls.parsers.postprocess import Completion, CompletionMode, decide_mode, finalize, stop_check
+from ghostls.parsers.postprocess import (Completion, CompletionMode, block_has_code_above, decide_mode, finalize,
+                                         stop_check)
 
 EXTENSIONS = {"python": "py", "typescript": "ts", "go": "go", "rust": "rs", "lua": "lua", "plaintext": "txt"}
 
@@ -168,3 +169,59 @@ def test_random_documents_and_outputs_never_raise_and_streaming_agrees():
         done = stop_check(snapshot, offset, mode)
         stopped_at = next((i for i in range(1, len(raw) + 1) if done(raw[:i])), len(raw))
         assert finalize(snapshot, offset, mode, raw[:stopped_at]).text == finalize(snapshot, offset, mode, raw).text
+
+
+# A small model falls into loops; the loop is cut after its first copy, and decoding stops once it shows.
+LOOPS = [
+    ('check(a, "name", "name", "name", "name", "na', 'check(a, "name"'),
+    ("call(\n        window,\n        max_size,\n        max_size,\n        max_size,\n        max_",
+     "call(\n        window,\n        max_size,"),
+]
+
+
+@pytest.mark.parametrize("raw, expected", LOOPS)
+def test_a_loop_is_cut_after_its_first_copy(raw, expected):
+    snapshot, offset = at_cursor("python", "def f(a):\n    |\n")
+    mode = decide_mode(snapshot, offset)
+    completion = finalize(snapshot, offset, mode, raw)
+    assert completion.text == expected
+    assert "repeating loop" in completion.reason
+    assert finalize(snapshot, offset, mode, raw, skip=frozenset({"repetition"})).text.startswith(raw.rstrip()[:60])
+    done = stop_check(snapshot, offset, mode)
+    stopped_at = next(i for i in range(1, len(raw) + 1) if done(raw[:i]))
+    # Not before the third copy is written, and the early stop cuts where the whole output would.
+    assert raw[:stopped_at].count("name") >= 3 or raw[:stopped_at].count("max_size") >= 3
+    assert finalize(snapshot, offset, mode, raw[:stopped_at]).text == expected
+
+
+@pytest.mark.parametrize("line", ["x = [0, 0, 0, 0, 0, 0]", 'print("-" * 40, "=========")', 'pad = "aaaaaaaaaaaa"',
+                                  "grid = [[0.0, 0.0, 0.0], [0.0, 0.0, 0.0]]"])
+def test_data_that_repeats_is_not_a_loop(line):
+    snapshot, offset = at_cursor("python", "def f(a):\n    |\n")
+    mode = decide_mode(snapshot, offset)
+    assert finalize(snapshot, offset, mode, line).text == line
+    assert not stop_check(snapshot, offset, mode)(line)
+
+
+def test_nested_closers_on_their_own_lines_are_not_a_loop():
+    snapshot, offset = at_cursor("lua", "function f()\n  |\nend\n")
+    raw = "for i = 1, 3 do\n    for j = 1, 3 do\n      for k = 1, 3 do\n        g()\n      end\n    end\n  end"
+    assert "loop" not in finalize(snapshot, offset, decide_mode(snapshot, offset), raw).reason
+
+
+# A block with code above the cursor gets its next line from a prefix-only model; an empty (or only commented) one,
+# its body. (Applied by the completer; decide_mode still says "empty line in block".)
+@pytest.mark.parametrize(("language", "marked", "has_code"), [
+    ("python", "def f(x):\n    y = x\n    |\n", True),
+    ("python", "def f(x):\n    if x:\n        return 1\n    |\n", True),
+    ("python", "def f(x):\n    # sum the squares\n    |\n", False),
+    ("python", 'def f(x):\n    """Doc."""\n\n    |\n', False),
+    ("python", "def f(x):\n    |\n", False),
+    ("typescript", "function f() {\n  const a = 1;\n  |\n}\n", True),
+    ("go", "package main\nfunc main() {\n\t// loop\n\t|\n}\n", False),
+    ("python", "x = 1\ny = 2\n|\n", False),  # top level: a new definition may follow
+    ("python", "def f(x):\n    y = x\n    z|\n", False),  # not a blank line
+])
+def test_block_has_code_above(language, marked, has_code):
+    snapshot, offset = at_cursor(language, marked)
+    assert block_has_code_above(snapshot, offset, decide_mode(snapshot, offset)) is has_code

@@ -216,6 +216,19 @@ def test_indentation_before_the_cursor_stays_and_extra_spaces_are_dropped():
     assert prompt.heal("return 1\n    x") == "return 1\n    x"
 
 
+def test_a_prefix_only_prompt_at_indentation_ends_one_space_short():
+    # "\n   " + " return" is how the tokenizer splits an indented line: ending the prompt after all four
+    # spaces made the model write five on every line.
+    snapshot, offset = at_cursor("def f():\n    |\n")
+    prompt = build_prompt(snapshot, offset, Fim(uses_suffix=False), Counter())
+    assert prompt.text == "def f():\n   "
+    assert prompt.at_indent and prompt.healed == " "
+    assert prompt.heal(" return 1\n    x") == "return 1\n    x"
+    assert prompt.heal("  return 1") == "return 1"  # deeper: the cursor's indentation stands
+    snapshot, offset = at_cursor("def f():\n\t|\n")
+    assert build_prompt(snapshot, offset, Fim(uses_suffix=False), Counter()).text == "def f():\n\t"
+
+
 def test_space_after_an_operator_is_healed_too():
     snapshot, offset = at_cursor("x = |")
     prompt = build_prompt(snapshot, offset, Fim(uses_suffix=False), Counter())
@@ -245,7 +258,7 @@ def test_anchored_window_keeps_its_start_while_the_user_types():
             doc = text + typed[:i] + lines[offset:]
             prompt = build_prompt(snap(doc), offset + i, Fim(uses_suffix=False), Counter(), budget=200,
                                   anchor=anchor if use_anchor else None)
-            assert Counter()(prompt.prefix) <= 200
+            assert Counter()(prompt.prefix) <= 200 * 1.15  # a kept window may run over by _ANCHOR_SLACK
             start = offset + i - len(prompt.prefix)
             seen.append(start)
             anchor = start
@@ -253,7 +266,9 @@ def test_anchored_window_keeps_its_start_while_the_user_types():
 
     moves = lambda seen: sum(a != b for a, b in zip(seen, seen[1:]))  # noqa: E731
     assert moves(starts(False)) >= 30
-    assert moves(starts(True)) <= 4
+    with_anchor = starts(True)
+    assert moves(with_anchor) <= 4
+    assert with_anchor[1] == with_anchor[0]  # the first window, filled whole, survives the next keystrokes
 
 
 def test_an_anchor_that_no_longer_fits_or_is_not_a_line_start_is_replaced():

@@ -130,6 +130,26 @@ def test_did_change_during_generation_is_content_modified_never_stale_text(slow_
         assert item["range"]["start"] == {"line": 10, "character": 7}
 
 
+def test_a_stale_answer_still_leaves_its_prompt_window_for_the_next_keystroke(tmp_path, tiny_model):
+    # A document longer than the prompt budget: the prompt is a window of it, filled whole the first time. The
+    # answer comes after the user typed on, so it is dropped; its window (and the KV cache behind it) must still
+    # serve the next request, which otherwise starts a new window: a second long prefill in the middle of typing.
+    source = "".join(f"value_{i} = compute({i}, {i * 3})\n" for i in range(200)) + "result = "
+    line, column, typed = source.count("\n"), len("result = "), "total_of_values + "
+    peer = _start(tmp_path, tiny_model("qwen"), fault="token_delay_ms=100", maxPromptTokens=150)
+    try:
+        peer.open(URI, source)
+        msg_id = peer.inline_async(URI, line, column)
+        _wait_log(peer, r"generating for reliab.py v1")
+        peer.change(URI, 2, (line, column), (line, column), typed)
+        assert peer.response(msg_id).get("error", {}).get("code") == CONTENT_MODIFIED
+        assert "result" in peer.response(peer.inline_async(URI, line, column + len(typed)))
+        last = peer.request("ghostls/explain", None)["result"]["last"]
+        assert last["prompt_tokens"] > 100 and last["reused_tokens"] > 0.8 * last["prompt_tokens"], last
+    finally:
+        peer.close()
+
+
 # 4 -----------------------------------------------------------------------------------------------------------
 def test_typing_burst_one_generation_per_document_flat_memory_edits_never_delayed(tmp_path, tiny_model):
     # A realistic small-model speed (20 ms a token), no debounce, so that generations really overlap the typing:

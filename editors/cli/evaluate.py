@@ -25,9 +25,11 @@ FULL = "ghostls"
 CONFIGS: dict[str, dict] = {
     FULL: {},
     "no cross-file context": {"workspaceContext": False},
+    "no next-line rule": {"skipRules": ["next_line"]},
     "no block rule": {"skipRules": ["block"]},
     "no suffix rules": {"skipRules": ["suffix"]},
     "no indentation fix": {"skipRules": ["indent"]},
+    "no loop cut": {"skipRules": ["repetition"]},
     "no syntax guard": {"skipRules": ["syntax"]},
 }
 NAIVE = "naive peer"
@@ -223,7 +225,7 @@ class NaivePeer:
 
 async def _evaluate(root: Path, holes: list[Hole], configs: dict[str, dict], model: str | None,
                     naive: NaivePeer | None, progress, time_budget_ms: int,
-                    prompt_tokens: int | None) -> dict[str, list[dict]]:
+                    prompt_tokens: int | None, settings: dict | None = None) -> dict[str, list[dict]]:
     from lsprotocol import types
 
     from ghostls.bench.lsp import start_server
@@ -253,7 +255,7 @@ async def _evaluate(root: Path, holes: list[Hole], configs: dict[str, dict], mod
         # The configurations run back to back on one hole, so the ones with the same prompt reuse its KV cache.
         for name, options in configs.items():
             client.workspace_did_change_configuration(types.DidChangeConfigurationParams(
-                settings={"ghostls": {"skipRules": [], "workspaceContext": True, **options}}))
+                settings={"ghostls": {"skipRules": [], **(settings or {}), **options}}))
             started = time.perf_counter()
             error, got = None, ""
             try:
@@ -310,7 +312,7 @@ def run(args) -> int:
             Path(args.json).write_text(json.dumps({"rows": rows}, indent=1))
 
     rows = asyncio.run(_evaluate(root, holes, configs, args.model, naive, progress, args.time_budget_ms,
-                                 args.max_prompt_tokens))
+                                 args.max_prompt_tokens, args.settings))
     print(file=sys.stderr)
     summaries = {name: summarize(r) for name, r in rows.items()}
     by_kind = {kind: {name: summarize([x for x in r if x["kind"] == kind]) for name, r in rows.items()}

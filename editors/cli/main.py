@@ -82,6 +82,8 @@ def _parser() -> argparse.ArgumentParser:
                           help="per-completion time budget, for both (default 30000: quality, not the machine's load)")
     evaluate.add_argument("--max-prompt-tokens", type=int,
                           help="prompt budget for the server and the naive peer (default: the server's, 1024 on a CPU)")
+    evaluate.add_argument("--settings", type=_json_object, default={}, metavar="JSON",
+                          help='server settings for every configuration, e.g. \'{"contextTokens": 512}\'')
     evaluate.add_argument("--json", metavar="FILE", help="write every hole's scores here")
     evaluate.set_defaults(func=_eval)
 
@@ -293,6 +295,8 @@ async def _ask_server(args, path: Path, text: str, line: int, character: int) ->
                                                                         types.Position(line, character))
     return {
         "text": items[0].insert_text if items else "",
+        # An invoked request's other candidates (the ones an editor cycles through).
+        "alternatives": [item.insert_text for item in items[1:]],
         "range": {"start": {"line": at.start.line + 1, "col": at.start.character + 1},
                   "end": {"line": at.end.line + 1, "col": at.end.character + 1}},
         "reason": getattr(last, "reason", None) or status.get("detail"),
@@ -345,6 +349,16 @@ def _completions(args) -> int:
 
 
 # -- model ---------------------------------------------------------------------------------------
+def _json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("expected a JSON object, e.g. '{\"contextTokens\": 512}'")
+    return value
+
+
 def _eval(args) -> int:
     from .evaluate import run
 
