@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import subprocess
 import sys
@@ -71,3 +72,9 @@ def test_eval_command_runs_the_real_server_and_the_naive_peer(tiny_model, tmp_pa
         assert f"| {name} | 3 |" in table, table
     assert "| 0 |" in table  # no request errors
     assert "edit similarity vs the naive peer" in table
+    # Every configuration's answer was computed for it: none was the previous configuration's answer served
+    # again as "typed through" (that made every ablation row a copy of the first, once).
+    rows = json.loads((tmp_path / "rows.json").read_text())["rows"]
+    reasons = [row["reason"] for name, per in rows.items() if name != "naive peer" for row in per]
+    assert len(reasons) == 8 * 3 and all(reasons), reasons
+    assert not any("typed through" in reason for reason in reasons), reasons

@@ -165,10 +165,11 @@ def syntax_breaks(hole: Hole, completion: str) -> bool:
     return _error_count(merged.tree.root_node, 10_000) > _error_count(before.tree.root_node, 10_000)
 
 
-def score(hole: Hole, completion: str, latency_s: float, error: str | None = None) -> dict:
+def score(hole: Hole, completion: str, latency_s: float, error: str | None = None, reason: str = "") -> dict:
     got, want = _normalize(completion), _normalize(hole.expected)
     return {
         "kind": hole.kind, "file": str(hole.path), "line": hole.line + 1, "latency_s": latency_s, "error": error,
+        "reason": reason,  # the server's own account of the answer (ghostls/explain), for reading the report
         "empty": not got, "exact": got == want,
         "first_line": got.split("\n", 1)[0].strip() == want.split("\n", 1)[0].strip(),
         "similarity": difflib.SequenceMatcher(None, got, want).ratio(),
@@ -246,16 +247,19 @@ async def _evaluate(root: Path, holes: list[Hole], configs: dict[str, dict], mod
         await asyncio.sleep(0.1)
 
     rows: dict[str, list[dict]] = {name: [] for name in (*configs, *([NAIVE] if naive else []))}
-    for number, hole in enumerate(holes):
-        uri = hole.path.as_uri()
-        rules = rules_for(None, uri)
-        client.text_document_did_open(types.DidOpenTextDocumentParams(types.TextDocumentItem(
-            uri=uri, language_id=rules.language_ids[0] if rules.language_ids else "plaintext", version=1,
-            text=hole.text)))
-        # The configurations run back to back on one hole, so the ones with the same prompt reuse its KV cache.
-        for name, options in configs.items():
-            client.workspace_did_change_configuration(types.DidChangeConfigurationParams(
-                settings={"ghostls": {"skipRules": [], **(settings or {}), **options}}))
+    total = len(holes) * len(configs)
+    # One pass over the holes per configuration, each hole in a document opened for its request and closed after
+    # it: every configuration meets the same server state (the index, recent edits, no typed-through or
+    # speculated answer, no KV cache from the configuration before), so the rows differ by their setting only.
+    for number, (name, options) in enumerate(configs.items()):
+        client.workspace_did_change_configuration(types.DidChangeConfigurationParams(
+            settings={"ghostls": {"skipRules": [], **(settings or {}), **options}}))
+        for index, hole in enumerate(holes):
+            uri = hole.path.as_uri()
+            rules = rules_for(None, uri)
+            client.text_document_did_open(types.DidOpenTextDocumentParams(types.TextDocumentItem(
+                uri=uri, language_id=rules.language_ids[0] if rules.language_ids else "plaintext", version=1,
+                text=hole.text)))
             started = time.perf_counter()
             error, got = None, ""
             try:
@@ -265,13 +269,18 @@ async def _evaluate(root: Path, holes: list[Hole], configs: dict[str, dict], mod
                 got = answer.items[0].insert_text if answer and answer.items else ""
             except Exception as exc:  # noqa: BLE001 - an error is a result here
                 error = str(exc)
-            rows[name].append(score(hole, got, time.perf_counter() - started, error))
-        client.text_document_did_close(types.DidCloseTextDocumentParams(types.TextDocumentIdentifier(uri)))
-        if naive is not None:
-            started = time.perf_counter()
-            got = naive.complete(hole)
-            rows[NAIVE].append(score(hole, got, time.perf_counter() - started))
-        progress(number + 1, len(holes), rows)
+            latency = time.perf_counter() - started
+            explained = await client.protocol.send_request_async("ghostls/explain", None)
+            rows[name].append(score(hole, got, latency, error, getattr(explained.last, "reason", "")))
+            client.text_document_did_close(types.DidCloseTextDocumentParams(types.TextDocumentIdentifier(uri)))
+            progress(number * len(holes) + index + 1, total, rows)
+    # The peer runs in the same process as this client: in a pass of its own, so that it never slows (and so
+    # changes the timing of) the server's passes.
+    for hole in holes if naive is not None else ():
+        started = time.perf_counter()
+        got = naive.complete(hole)
+        rows[NAIVE].append(score(hole, got, time.perf_counter() - started))
+        progress(total, total, rows)
     await client.shutdown_async(None)
     client.exit(None)
     await client.stop()
@@ -307,7 +316,7 @@ def run(args) -> int:
                           time_budget_s=args.time_budget_ms / 1000)
 
     def progress(done: int, total: int, rows: dict) -> None:
-        print(f"\r{done}/{total} holes", end="", file=sys.stderr, flush=True)
+        print(f"\r{done}/{total} requests", end="", file=sys.stderr, flush=True)
         if args.json:  # as it goes, so a long run that is stopped still leaves its figures
             Path(args.json).write_text(json.dumps({"rows": rows}, indent=1))
 
