@@ -28,9 +28,9 @@ from .remotes import RemoteBackends, plaintext_warning, redact_logs
 log = logging.getLogger(__name__)
 
 PROGRESS_TOKEN = "ghostls/model"
+STATUS_NOTIFICATION = "ghostls/status"
 # How long after two documents' requests last overlapped the engine still counts as shared (see contended()).
 CONTENTION_HOLD_S = 10.0
-STATUS_NOTIFICATION = "ghostls/status"
 
 
 class GhostServer(LanguageServer):

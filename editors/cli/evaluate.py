@@ -276,11 +276,12 @@ async def _evaluate(root: Path, holes: list[Hole], configs: dict[str, dict], mod
             progress(number * len(holes) + index + 1, total, rows)
     # The peer runs in the same process as this client: in a pass of its own, so that it never slows (and so
     # changes the timing of) the server's passes.
-    for hole in holes if naive is not None else ():
-        started = time.perf_counter()
-        got = naive.complete(hole)
-        rows[NAIVE].append(score(hole, got, time.perf_counter() - started))
-        progress(total, total, rows)
+    if naive is not None:
+        for hole in holes:
+            started = time.perf_counter()
+            got = naive.complete(hole)
+            rows[NAIVE].append(score(hole, got, time.perf_counter() - started))
+            progress(total, total, rows)
     await client.shutdown_async(None)
     client.exit(None)
     await client.stop()
