@@ -18,6 +18,7 @@ from pytest_lsp import ClientServerConfig, LanguageClient, client_capabilities
 
 from fake_engine import FakeEngine
 from llama_server import running_llama_server
+from lsp_status import next_status, record_statuses
 
 SERVER = [sys.executable, "-m", "ghostls.cli.main", "serve", "--stdio", "--log-level", "debug"]
 SECRET = "sk-e2e-secret-0123456789"
@@ -73,26 +74,9 @@ async def _inline(client: LanguageClient, uri: str, line: int, character: int):
         text_document=types.TextDocumentIdentifier(uri), position=types.Position(line, character)))
 
 
-async def _status(client: LanguageClient, state: str, timeout: float = 10.0):
-    """The first `ghostls/status` in `state` that this test has not looked at yet."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for i, status in enumerate(client.statuses):
-            if status.state == state:
-                del client.statuses[: i + 1]
-                return status
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"no ghostls/status {state!r}; saw {client.statuses}")
-
-
 @pytest_lsp.fixture(config=ClientServerConfig(server_command=SERVER))
 async def client(lsp_client: LanguageClient):
-    lsp_client.statuses = []
-
-    @lsp_client.feature("ghostls/status")
-    def on_status(params):
-        lsp_client.statuses.append(params)
-
+    record_statuses(lsp_client)
     yield
     await lsp_client.shutdown_session()
 
@@ -136,7 +120,7 @@ async def test_engine_failure_is_an_empty_completion_and_a_status(client: Langua
     result = await _inline(client, uri, 1, 4)
     assert not result.items
     assert time.monotonic() - started < 5
-    status = await _status(client, "error")
+    status = await next_status(client, "error")
     assert status.error == kind
     assert status.provider == "remote"
     assert any(kind in m.message for m in client.messages), [m.message for m in client.messages]
@@ -144,7 +128,7 @@ async def test_engine_failure_is_an_empty_completion_and_a_status(client: Langua
     fake.behaviour = "ok"
     result = await _inline(client, uri, 1, 4)
     assert [item.insert_text for item in result.items] == ["return a + b"]
-    recovered = await _status(client, "ready")
+    recovered = await next_status(client, "ready")
     assert recovered.error == ""
     said = " ".join([m.message for m in client.messages] + [m.message for m in client.log_messages])
     assert SECRET not in said

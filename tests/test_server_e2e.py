@@ -15,6 +15,8 @@ from lsprotocol import types
 from pygls.exceptions import JsonRpcException
 from pytest_lsp import ClientServerConfig, LanguageClient, client_capabilities
 
+from lsp_status import next_status, record_statuses
+
 SERVER = [sys.executable, "-m", "ghostls.cli.main", "serve", "--stdio", "--log-level", "debug"]
 
 PY_SOURCE = '''import os
@@ -157,6 +159,7 @@ async def test_model_progress_is_reported(client: LanguageClient):
 
 @pytest_lsp.fixture(config=ClientServerConfig(server_command=SERVER))
 async def broken_client(lsp_client: LanguageClient, tmp_path):
+    record_statuses(lsp_client)
     missing = tmp_path / "no-such-model"
     params = types.InitializeParams(capabilities=client_capabilities("neovim"),
                                     initialization_options=_options(missing))
@@ -166,9 +169,7 @@ async def broken_client(lsp_client: LanguageClient, tmp_path):
 
 
 async def test_missing_model_is_reported_and_server_stays_up(broken_client: LanguageClient):
-    status = await broken_client.wait_for_notification("ghostls/status")
-    while status.state not in ("error", "ready"):
-        status = await broken_client.wait_for_notification("ghostls/status")
+    status = await next_status(broken_client, "error", "ready")
     assert status.state == "error"
     assert "does not exist" in status.detail
     uri = "file:///work/a.py"
@@ -184,6 +185,7 @@ async def converting_client(lsp_client: LanguageClient, tiny_checkpoints, tmp_pa
     fresh = tmp_path / f"unseen-{tmp_path.name}"
     shutil.copytree(tiny_checkpoints["starcoder"], fresh)
     lsp_client.fresh_checkpoint = fresh
+    record_statuses(lsp_client)
     params = types.InitializeParams(capabilities=client_capabilities("visual-studio-code"),
                                     initialization_options=_options(fresh, loadWaitMs=0))
     await lsp_client.initialize_session(params)
@@ -200,9 +202,7 @@ async def test_request_while_converting_is_empty_not_an_error(converting_client:
     assert explained.model.state in ("starting", "converting")
     assert "model not ready" in explained.last.reason
     # The conversion goes on in the background and ends ready.
-    status = await converting_client.wait_for_notification("ghostls/status")
-    while status.state not in ("ready", "error"):
-        status = await converting_client.wait_for_notification("ghostls/status")
+    status = await next_status(converting_client, "ready", "error", timeout=300)
     assert status.state == "ready", status.detail
     # The one-off conversion must not pile up in the shared test cache.
     models = Path(os.environ["GHOSTLS_CACHE_DIR"]) / "models"
