@@ -1,9 +1,9 @@
 """Chooses the embedded model's default precision: greedy agreement with fp32, prefill and decode speed.
 
-Converts the embedded GGUF at fp32, int8 and int4 (cached after the first run), feeds the same real
-source prompts to each through ghostls's own Engine, and prints a Markdown table.
+Converts the embedded GGUF at each precision (cached after the first run; fp32 is the reference), feeds the
+same real source prompts to each through ghostls's own Engine, and prints a Markdown table.
 
-    .venv/bin/python bench/precision.py [--prompts 6] [--tokens 32] [--context 900]
+    .venv/bin/python bench/precision.py [--prompts 6] [--tokens 32] [--context 900] [--precisions int8,native]
 """
 
 from __future__ import annotations
@@ -39,10 +39,13 @@ def main() -> int:
     parser.add_argument("--prompts", type=int, default=6)
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--context", type=int, default=900, help="prompt tokens (the tail of each file)")
+    parser.add_argument("--precisions", default="native,int8,int4",
+                        help="comma-separated precisions to measure against fp32")
     args = parser.parse_args()
 
     gguf = embedded.embedded_gguf_path()
-    dirs = {p: convert.convert(gguf, precision=p) for p in ("fp32", "int8", "int4")}
+    others = [p for p in args.precisions.split(",") if p and p != "fp32"]
+    dirs = {p: convert.convert(gguf, precision=p) for p in ("fp32", *others)}
     prompts = _prompts(args.prompts)
     outputs: dict[str, list[tuple[int, ...]]] = {}
     rows = []

@@ -36,9 +36,13 @@ from ghostls.inference.cache import (
 )
 from ghostls.inference.fim import detect_template, tokens_of_tokenizer_json
 
-PRECISIONS = ("int4", "int8", "fp16", "fp32")
+# "native" keeps a GGUF file's own blocks exactly (Q4_1 as 4-bit, Q8_0 as 8-bit; inference/requantize.py) and
+# quantizes any other weight to int8; the others are onnxruntime-genai's builder precisions.
+PRECISIONS = ("native", "int4", "int8", "fp16", "fp32")
+# What "auto" (the default) means: a GGUF keeps its own blocks; a float checkpoint becomes int8.
+AUTO = "auto"
 EXECUTION_PROVIDERS = ("cpu", "cuda")
-STAGES = ("reading GGUF", "writing safetensors", "building ONNX", "finalizing")
+STAGES = ("reading GGUF", "writing safetensors", "building ONNX", "requantizing", "finalizing")
 # Options for onnxruntime-genai's builder. prune_lm_head computes logits for the last position only: a
 # completion never needs the others, and the LM head over every prompt token is a fifth of a small
 # model's prefill. RECIPE names this set: bump it when they change, and cached models are converted again.
@@ -129,10 +133,19 @@ def cached_model(
     """The converted model of `src` if the cache already holds it, intact; None otherwise. Never imports torch."""
     src = Path(src).expanduser().resolve()
     source = _Source.inspect(src)
+    precision = resolve_precision(precision, source.is_gguf)
     dest = (Path(out_root) if out_root is not None else models_root()) / model_folder_name(
         src, precision, execution_provider, name
     )
     return dest if _is_cached(dest, source, precision, execution_provider) else None
+
+
+def resolve_precision(precision: str, is_gguf: bool) -> str:
+    if precision == AUTO:
+        return "native" if is_gguf else "int8"
+    if precision not in PRECISIONS:
+        raise ModelError(f"unknown precision {precision!r}; choose one of {AUTO}, {', '.join(PRECISIONS)}")
+    return precision
 
 
 def _is_cached(dest: Path, source: _Source, precision: str, execution_provider: str) -> bool:
@@ -168,14 +181,15 @@ def convert(
     Returns at once, without importing torch, when the cache already holds this source at this precision.
     Raises ModelError with a user-facing message on any failure, leaving no partial model behind.
     """
-    if precision not in PRECISIONS:
-        raise ModelError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if precision != AUTO and precision not in PRECISIONS:
+        raise ModelError(f"unknown precision {precision!r}; choose one of {AUTO}, {', '.join(PRECISIONS)}")
     if execution_provider not in EXECUTION_PROVIDERS:
         raise ModelError(
             f"unknown execution provider {execution_provider!r}; choose one of {', '.join(EXECUTION_PROVIDERS)}"
         )
     src = Path(src).expanduser().resolve()
     source = _Source.inspect(src)
+    precision = resolve_precision(precision, source.is_gguf)
     out_root = Path(out_root) if out_root is not None else models_root()
     dest = out_root / model_folder_name(src, precision, execution_provider, name)
     if not force and _is_cached(dest, source, precision, execution_provider):
@@ -192,11 +206,16 @@ def convert(
         else:
             checkpoint = source.stage_view(tmp / "checkpoint")
         built = tmp / "model"
-        _build_onnx(checkpoint, built, precision, execution_provider, tmp, report)
+        weights: dict[str, int] = {}
+        if precision == "native":
+            _build_onnx(checkpoint, tmp / "fp32", "fp32", execution_provider, tmp, report)
+            weights = _requantize(tmp / "fp32", built, report)
+        else:
+            _build_onnx(checkpoint, built, precision, execution_provider, tmp, report)
 
         report("finalizing", 0.0)
         _set_thread_count(built / GENAI_CONFIG)
-        _write_manifest(built, dest.name, src, source_sha, fingerprint, precision, execution_provider)
+        _write_manifest(built, dest.name, src, source_sha, fingerprint, precision, execution_provider, weights)
         validate_model_dir(built)
         _install(built, dest, tmp)
         report("finalizing", 1.0)
@@ -250,6 +269,20 @@ def _build_onnx(checkpoint: Path, out: Path, precision: str, provider: str, tmp:
     report("building ONNX", 1.0)
 
 
+def _requantize(fp32: Path, out: Path, report: Progress) -> dict[str, int]:
+    """The float32 build with its MatMul weights as MatMulNBits blocks (the GGUF's own where they are exact)."""
+    from ghostls.inference.requantize import rewrite_file
+
+    report("requantizing", 0.0)
+    out.mkdir()
+    for f in fp32.iterdir():
+        if f.is_file() and f.name not in (MODEL_FILE, MODEL_DATA_FILE):
+            shutil.copy2(f, out / f.name)
+    done = rewrite_file(fp32 / MODEL_FILE, out / MODEL_FILE, MODEL_DATA_FILE)
+    report("requantizing", 1.0)
+    return dict(done.kinds)
+
+
 def _log_tail(path: Path) -> str:
     text = path.read_text(encoding="utf-8", errors="replace")
     # tqdm redraws with carriage returns: keep only the last state of each line.
@@ -280,6 +313,7 @@ def _write_manifest(
     fingerprint: list[list],
     precision: str,
     execution_provider: str,
+    weights: dict[str, int],
 ) -> ModelManifest:
     template = detect_template(tokens_of_tokenizer_json(built / "tokenizer.json"))
     config = json.loads((built / GENAI_CONFIG).read_text(encoding="utf-8"))
@@ -300,6 +334,7 @@ def _write_manifest(
         model_sha256=sha256_file(built / MODEL_FILE),
         source_fingerprint=fingerprint,
         recipe=RECIPE,
+        weights=weights,
     )
     (built / MANIFEST_NAME).write_text(manifest.to_json(), encoding="utf-8")
     return manifest
@@ -415,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
         description="Convert a Hugging Face checkpoint folder or a .gguf file into a ghostls ONNX model.",
     )
     parser.add_argument("src", type=Path, help="checkpoint folder (config.json + *.safetensors) or .gguf file")
-    parser.add_argument("--precision", default="int8", choices=PRECISIONS)
+    parser.add_argument("--precision", default=AUTO, choices=(AUTO, *PRECISIONS))
     parser.add_argument("--execution-provider", default="cpu", choices=EXECUTION_PROVIDERS)
     parser.add_argument("--out-root", type=Path, default=None, help="cache folder (default: the ghostls cache)")
     parser.add_argument("--name", default=None, help="model name (default: derived from the source)")

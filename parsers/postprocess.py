@@ -543,6 +543,8 @@ def syntax_guard(snapshot: DocumentSnapshot, offset: int, completion: Completion
         candidate = (above + line).rstrip()
         if line.strip() and not adds_errors(candidate):
             return Completion(candidate, _join(completion.reason, f"{how} the last line: as written it adds syntax errors"))
+    if len(lines) == 1 and _opens_a_bracket_last(text):
+        return Completion(text, _join(completion.reason, "ends in an open bracket (the rest is the user's)"))
     for keep in range(len(lines) - 1, 0, -1):
         head = "\n".join(lines[:keep]).rstrip()
         if head.strip() and not adds_errors(head):
@@ -570,6 +572,21 @@ def _line_repairs(line: str, opened: list[str]):
             tried += 1
             if tried >= _MAX_REPAIRS:
                 return
+
+
+def _opens_a_bracket_last(line: str) -> bool:
+    """A line whose last character opens a bracket, after some code and with no closer or quote of its own left
+    dangling ("def total(", "rows = [", "if (ready &&" is not one): the head of a construct the user goes on
+    writing, as a one-line suggestion. No closing it makes it valid when what follows is the body or arguments."""
+    stripped = line.rstrip()
+    if not stripped or stripped[-1] not in _OPENERS or not re.search(r"\w", stripped):
+        return False
+    depth = 0
+    for ch in stripped:
+        depth += (ch in _OPENERS) - (ch in _CLOSERS)
+        if depth < 0:
+            return False
+    return all(ch in _OPENERS for ch in _unclosed(stripped))
 
 
 def _unclosed(text: str) -> list[str]:

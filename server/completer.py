@@ -116,7 +116,7 @@ def complete(backend: CompletionBackend, snapshot: DocumentSnapshot, offset: int
     deadline = time.perf_counter() + settings.time_budget_ms / 1000
     request = TextRequest(prompt.text, max_new_tokens=max_new, stop_strings=template.stop,
                           time_budget_s=settings.time_budget_ms / 1000, cache_key=snapshot.uri,
-                          first_choices=FIRST_TOKEN_BRANCHES if invoked else 0)
+                          first_choices=FIRST_TOKEN_BRANCHES)  # ranked from logits already computed
     complete_at = stop_check(snapshot, offset, mode, settings.max_lines, skip)
     first_line_only = False
 
@@ -146,9 +146,11 @@ def complete(backend: CompletionBackend, snapshot: DocumentSnapshot, offset: int
     if first_line_only:
         final = dataclasses.replace(final, reason=f"{final.reason}; first line only: other documents were waiting")
     lap("postprocess")
+    rejected = False
     if "syntax" not in skip:
         # parse: the document re-parsed with the completion merged in, to keep it from adding syntax errors.
-        final = syntax_guard(snapshot, offset, final)
+        guarded = syntax_guard(snapshot, offset, final)
+        rejected, final = bool(final.text) and not guarded.text, guarded
         lap("parse")
     reason = f"{final.reason} (model stopped: {generation.stop_reason})"
 
@@ -156,10 +158,14 @@ def complete(backend: CompletionBackend, snapshot: DocumentSnapshot, offset: int
         candidate = finalize(snapshot, offset, mode, prompt.heal(text), settings.max_lines, skip)
         return (candidate if "syntax" in skip else syntax_guard(snapshot, offset, candidate)).text
 
-    # Alternatives: greedy continuations of the next most likely first tokens, while time is left.
+    # Alternatives: greedy continuations of the next most likely first tokens, while time is left. An invoked
+    # request offers up to MAX_CANDIDATES; an automatic one branches only when the syntax guard rejected its
+    # greedy answer (the next most likely start instead of silence), and not while other documents wait.
+    wanted = MAX_CANDIDATES if invoked else int(rejected and not others_waiting())
     candidates = [final.text] if final.text else []
+    branched = False
     for token in generation.first_choices:
-        if len(candidates) >= MAX_CANDIDATES or cancelled() or time.perf_counter() >= deadline:
+        if len(candidates) >= wanted or cancelled() or time.perf_counter() >= deadline:
             break
         if generation.token_ids[:1] == (token,):
             continue  # that is the greedy answer
@@ -170,13 +176,16 @@ def complete(backend: CompletionBackend, snapshot: DocumentSnapshot, offset: int
                 is_complete=lambda text: complete_at(prompt.heal(text)), cancelled=cancelled)
         except BackendError:
             break
+        branched = True
         if branch.stop_reason == "cancelled":
             break
         text = finish(branch.text)
         if text and text not in candidates:
             candidates.append(text)
-    if generation.first_choices:
+    if branched or (invoked and generation.first_choices):
         lap("alternatives")
+    if rejected and candidates:
+        reason = f"{reason}; the next most likely start instead"
     return CompletionResult(candidates[0] if candidates else "", reason, mode.multiline, generation.prompt_tokens,
                             generation.reused_tokens, timings, prefix_start=prefix_start, context=context,
                             prompt=prompt.text, alternatives=tuple(candidates[1:]),

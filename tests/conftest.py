@@ -69,7 +69,7 @@ def tiny_model(tiny_checkpoints: dict[str, Path], tiny_models_root: Path) -> Cal
 
 @pytest.fixture(scope="session")
 def embedded_model_dir() -> Path:
-    """The embedded SmolLM2 model converted to int8 ONNX (about a minute the first time, then cached)."""
+    """The embedded SmolLM2 model converted to ONNX (about a minute the first time, then cached)."""
     from ghostls.inference.cache import ModelError
     from ghostls.inference.embedded import ensure_embedded_model
 

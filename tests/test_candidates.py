@@ -78,3 +78,26 @@ async def test_invoked_offers_up_to_three_distinct_candidates_automatic_one(clie
     assert len(automatic.items) <= 1
     explained = await client.protocol.send_request_async("ghostls/explain", None)
     assert not hasattr(explained.last.timings_ms, "alternatives")
+
+
+async def test_an_automatic_answer_the_guard_rejects_gives_way_to_the_next_likely_start(client: LanguageClient):
+    # The tiny random model writes noise, so at some of these cursors its greedy answer adds syntax errors and the
+    # guard rejects it. There an automatic request branches on the next most likely first tokens (as an invoked
+    # one does) rather than answer nothing; where the greedy answer stands, it branches on nothing.
+    rejected = replaced = 0
+    for i, line in enumerate(SOURCE.split("\n")):
+        uri = f"file:///work/guard{i}.py"
+        client.text_document_did_open(types.DidOpenTextDocumentParams(
+            types.TextDocumentItem(uri=uri, language_id="python", version=1, text=SOURCE)))
+        answer = await client.text_document_inline_completion_async(types.InlineCompletionParams(
+            context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Automatic),
+            text_document=types.TextDocumentIdentifier(uri), position=types.Position(i, len(line))))
+        last = (await client.protocol.send_request_async("ghostls/explain", None)).last
+        if "rejected: it adds syntax errors" in last.reason:
+            rejected += 1
+            assert last.timings_ms.alternatives >= 0  # it branched
+            replaced += bool(answer.items)
+            assert bool(answer.items) == ("the next most likely start instead" in last.reason)
+        else:
+            assert not hasattr(last.timings_ms, "alternatives")
+    assert rejected and replaced, (rejected, replaced)

@@ -61,6 +61,18 @@ def test_conversion_writes_model_and_manifest(family: str, tiny_model: Callable[
     assert config["model"]["decoder"]["session_options"]["intra_op_num_threads"] >= 1
 
 
+def test_native_precision_of_a_checkpoint_that_never_was_a_gguf_is_block_int8(tiny_checkpoints, tiny_model,
+                                                                                 tmp_path) -> None:
+    # A safetensors checkpoint has no GGUF blocks to keep: every MatMul weight becomes absmax int8 blocks.
+    model_dir = convert(tiny_checkpoints["starcoder"], precision="native", out_root=tmp_path)
+    manifest = validate_model_dir(model_dir)
+    assert model_dir.name == "starcoder-native-cpu" and manifest.precision == "native"
+    assert set(manifest.weights) == {"int8 absmax"} and manifest.weights["int8 absmax"] >= 5
+    assert tiny_model("starcoder") != model_dir and read_manifest(tiny_model("starcoder")).weights == {}
+    prompt = [1, 5, 9, 13, 17, 21]
+    assert len(greedy_tokens(model_dir, prompt, 8)) == 8  # it loads and runs in ONNX Runtime GenAI
+
+
 def test_second_call_returns_cached_model(tiny_model: Callable[[str], Path], tiny_checkpoints, tiny_models_root) -> None:
     model_dir = tiny_model("starcoder")
     before = {p.name: p.stat().st_mtime_ns for p in model_dir.iterdir()}
@@ -236,7 +248,7 @@ def test_embedded_model_converts_and_generates(embedded_model_dir: Path) -> None
 
     manifest = validate_model_dir(embedded_model_dir)
     assert manifest.fim_family == "prefix_only"
-    assert manifest.precision == "int8"
+    assert manifest.precision == "native"
     assert "<|endoftext|>" in manifest.stop
 
     model = og.Model(str(embedded_model_dir))

@@ -16,6 +16,7 @@ from lsprotocol import types
 from pygls.exceptions import JsonRpcException
 from pytest_lsp import ClientServerConfig, LanguageClient, client_capabilities
 
+from ghostls.inference.cache import read_manifest
 from ghostls.parsers.document import Document
 
 pytestmark = pytest.mark.embedded
@@ -49,6 +50,14 @@ def test_cli_completes_the_sample_with_code_that_parses(embedded_model_dir):
     lines[3] = lines[3][:8] + answer["text"] + lines[3][8:]
     merged = "\n".join(lines)
     assert _error_count(merged) == 0, merged
+
+
+def test_the_embedded_model_keeps_every_gguf_block_exactly(embedded_model_dir):
+    # SmolLM2's GGUF holds Q4_1 layers and a Q8_0 token embedding (the tied LM head): all found again bit for
+    # bit (inference/requantize.py checks each block), none re-quantized.
+    manifest = read_manifest(embedded_model_dir)
+    assert manifest.precision == "native"
+    assert manifest.weights == {"q4_1 exact": 150, "q8_0 exact": 1}
 
 
 @pytest_lsp.fixture(config=ClientServerConfig(server_command=SERVER))

@@ -124,3 +124,25 @@ def test_a_line_cut_short_is_closed_or_cut_back_before_it_is_given_up():
     # The lines above are kept; only the last one is repaired.
     got = _guard("python", "def f(items):\n    |\n", "total = 0\n    for item in items:\n        total += weight(item")
     assert got.text == "total = 0\n    for item in items:\n        total += weight(item)"
+
+
+@pytest.mark.parametrize("language, source, text", [
+    ("python", "import os\n|\n\nx = 1\n", "def bench_precision_with_context("),
+    ("python", "import os\n|\n", "class Loader("),
+    ("typescript", "function f(ready: boolean) {\n  |\n}\n", "if (ready && check("),
+])
+def test_a_single_line_that_opens_a_bracket_last_is_kept(language, source, text):
+    # The head of a def or a condition whose rest the user writes next (closing the bracket would not make it
+    # valid): shown, not dropped as "adds syntax errors".
+    got = _guard(language, source, text)
+    assert got.text == text and "open bracket" in got.reason
+
+
+@pytest.mark.parametrize("text", ["x = f(a))(", ")]} ((", "print('unclosed(", "(", "a = 1\nb = f("])
+def test_a_bracket_at_the_end_does_not_excuse_other_damage(text):
+    got = _guard("python", "import os\n|\nx = 1\n", text)
+    assert "open bracket" not in got.reason
+
+
+def test_a_call_left_open_is_still_closed_rather_than_kept_open():
+    assert _guard("python", "def f():\n    |\n", "rows = [").text == "rows = []"

@@ -1,0 +1,218 @@
+"""Block-quantized weights kept exactly: a float32 ONNX model's MatMul weights rewritten as MatMulNBits.
+
+A GGUF file is already quantized, in blocks of 32 along the input dimension: Q4_1 stores each weight as
+`d * q + m` (q in 0..15, d and m float16 per block), Q8_0 as `d * q` (q in -127..127). Dequantizing it to float32
+and letting a quantizer choose new blocks throws that away: onnxruntime-genai's symmetric int4 lands between the
+GGUF's levels (2.2 of 32 greedy tokens kept on the embedded model) and its int8 rounds them (30.2 of 32).
+
+This module finds the GGUF's blocks again in the float32 weights and writes them back without loss:
+- Q4_1 blocks become 4-bit MatMulNBits with scale `d` and the integer zero point `z` nearest `-m / d`, plus what
+  that leaves of the offset as a small float MatMul over the block sums of the input:
+  `x @ W = MatMulNBits(x; q, d, z) + blocksum(x) @ R`, R[b, n] = m + z * d of block b of output n (1/32 of the
+  multiply-adds, in float32);
+- Q8_0 blocks become 8-bit MatMulNBits with zero point 128, the format's own layout;
+- any other weight (a model that never was a GGUF) becomes 8-bit MatMulNBits by absmax per block, as the
+  builder's int8 does.
+Each found block is checked value by value (`d * q + m` must give back every float32 weight bit for bit), so a
+weight is only called exact when it is.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+BLOCK = 32
+MS_DOMAIN = "com.microsoft"
+
+
+@dataclass
+class RewriteReport:
+    """What the rewrite did: how many weights of each kind (the converter writes it into the manifest)."""
+
+    kinds: Counter = field(default_factory=Counter)  # "q4_1 exact", "q8_0 exact", "int8 absmax"
+
+
+def blocks_of(weight_kn: np.ndarray) -> np.ndarray:
+    """A MatMul weight [K, N] as [N, K/32, 32] blocks along K, the layout of MatMulNBits and of GGUF."""
+    k, n = weight_kn.shape
+    return np.ascontiguousarray(weight_kn.T, dtype=np.float32).reshape(n, k // BLOCK, BLOCK)
+
+
+def recover_q4_1(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(q uint8, d float32, m float32) with `d * q + m == blocks` exactly, or None if these are not Q4_1 blocks."""
+    lo = blocks.min(axis=-1)
+    hi = blocks.max(axis=-1)
+    # Q4_1 puts the block minimum at q = 0 (m = min) and the maximum at q = 15; d was stored as float16.
+    d = ((hi - lo) / 15).astype(np.float16).astype(np.float32)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        q = np.rint((blocks - lo[..., None]) / d[..., None])
+    q = np.where(d[..., None] == 0, 0, q)
+    if not np.isfinite(q).all() or q.min() < 0 or q.max() > 15:
+        return None
+    q = q.astype(np.uint8)
+    back = d[..., None] * q.astype(np.float32) + lo[..., None]
+    if not np.array_equal(back, blocks):
+        return None
+    return q, d, lo
+
+
+def recover_q8_0(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """(q int8, d float32) with `d * q == blocks` exactly, or None if these are not Q8_0 blocks."""
+    amax = np.abs(blocks).max(axis=-1)
+    d = (amax / 127).astype(np.float16).astype(np.float32)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        q = np.rint(blocks / d[..., None])
+    q = np.where(d[..., None] == 0, 0, q)
+    if not np.isfinite(q).all() or np.abs(q).max() > 127:
+        return None
+    q = q.astype(np.int8)
+    if not np.array_equal(d[..., None] * q.astype(np.float32), blocks):
+        return None
+    return q, d
+
+
+def absmax_int8(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric 8-bit blocks for a weight that was never block-quantized (lossy, like the builder's int8)."""
+    d = np.abs(blocks).max(axis=-1) / 127
+    safe = np.where(d == 0, 1, d)
+    q = np.clip(np.rint(blocks / safe[..., None]), -127, 127).astype(np.int8)
+    return q, d.astype(np.float32)
+
+
+def pack_4bit(values: np.ndarray) -> np.ndarray:
+    """Two 4-bit values a byte along the last axis, the first in the low nibble (MatMulNBits' order)."""
+    if values.shape[-1] % 2:
+        values = np.concatenate([values, np.zeros(values.shape[:-1] + (1,), np.uint8)], axis=-1)
+    return (values[..., 0::2] | (values[..., 1::2] << 4)).astype(np.uint8)
+
+
+def rewrite(model, accuracy_level: int = 4, report: RewriteReport | None = None):
+    """Rewrite `model` (an onnx.ModelProto with its weights loaded) in place; returns the report."""
+    from onnx import helper, numpy_helper
+
+    report = report if report is not None else RewriteReport()
+    graph = model.graph
+    inits = {init.name: init for init in graph.initializer}
+    consumers = Counter(name for node in graph.node for name in node.input)
+    new_nodes, new_inits = [], []
+    block_sums: dict[str, str] = {}  # input name -> its block sums, shared by the MatMuls that read it
+    replaced: set[str] = set()
+    eight_bit: dict[str, tuple[str, str, int, int]] = {}  # weight -> its 8-bit blocks, scales, N, K
+
+    def block_sum(x: str, k: int) -> str:
+        if x not in block_sums:
+            base = f"{x}/ghostls_blocksum"
+            shape = numpy_helper.from_array(np.array([0, 0, k // BLOCK, BLOCK], np.int64), f"{base}/shape")
+            axes = numpy_helper.from_array(np.array([-1], np.int64), f"{base}/axes")
+            new_inits.extend([shape, axes])
+            new_nodes.append(helper.make_node("Reshape", [x, shape.name], [f"{base}/blocks"], name=f"{base}/Reshape"))
+            new_nodes.append(helper.make_node("ReduceSum", [f"{base}/blocks", axes.name], [f"{base}/output_0"],
+                                              name=f"{base}/ReduceSum", keepdims=0))
+            block_sums[x] = f"{base}/output_0"
+        return block_sums[x]
+
+    for node in graph.node:
+        weight = inits.get(node.input[1]) if node.op_type == "MatMul" and len(node.input) == 2 else None
+        if weight is None or len(weight.dims) != 2 or weight.dims[0] % BLOCK or weight.data_type != 1:
+            new_nodes.append(node)
+            continue
+        k, n = weight.dims
+        blocks = blocks_of(numpy_helper.to_array(weight))
+        x, y, name = node.input[0], node.output[0], node.name or y
+        attrs = dict(K=k, N=n, block_size=BLOCK, accuracy_level=accuracy_level)
+        q4 = recover_q4_1(blocks)
+        if q4 is not None:
+            q, d, m = q4
+            # The zero point nearest the block's real zero keeps the 4-bit part centred (d * (q - z) is the
+            # weight within d/2), so the int8 activations of accuracy level 4 err on the weights, not on a bias.
+            z = np.clip(np.rint(-m / np.where(d == 0, 1, d)), 0, 15).astype(np.uint8)
+            packed = numpy_helper.from_array(pack_4bit(q), f"{weight.name}_Q4")
+            scales = numpy_helper.from_array(d, f"{weight.name}_scales")
+            zeros = numpy_helper.from_array(pack_4bit(z).reshape(-1), f"{weight.name}_zp")
+            residual = m + z.astype(np.float32) * d  # what d * (q - z) leaves of d * q + m: |residual| <= d / 2
+            offsets = numpy_helper.from_array(np.ascontiguousarray(residual.T), f"{weight.name}_offsets")
+            new_inits.extend([packed, scales, zeros, offsets])
+            new_nodes.append(helper.make_node("MatMulNBits", [x, packed.name, scales.name, zeros.name],
+                                              [f"{y}/ghostls_q4"], name=f"{name}_Q4", domain=MS_DOMAIN,
+                                              bits=4, **attrs))
+            new_nodes.append(helper.make_node("MatMul", [block_sum(x, k), offsets.name], [f"{y}/ghostls_offsets"],
+                                              name=f"{name}_offsets"))
+            new_nodes.append(helper.make_node("Add", [f"{y}/ghostls_q4", f"{y}/ghostls_offsets"], [y],
+                                              name=f"{name}_add_offsets"))
+            report.kinds["q4_1 exact"] += 1
+        else:
+            q8 = recover_q8_0(blocks)
+            kind = "q8_0 exact" if q8 is not None else "int8 absmax"
+            q, d = q8 if q8 is not None else absmax_int8(blocks)
+            stored = numpy_helper.from_array((q.astype(np.int16) + 128).astype(np.uint8), f"{weight.name}_Q8")
+            scales = numpy_helper.from_array(d, f"{weight.name}_scales")
+            new_inits.extend([stored, scales])
+            # No zero point input: 8-bit MatMulNBits then subtracts 128, which makes the stored bytes signed again.
+            new_nodes.append(helper.make_node("MatMulNBits", [x, stored.name, scales.name], [y], name=f"{name}_Q8",
+                                              domain=MS_DOMAIN, bits=8, **attrs))
+            report.kinds[kind] += 1
+            eight_bit[weight.name] = (stored.name, scales.name, n, k)
+        consumers[weight.name] -= 1
+        replaced.add(weight.name)
+
+    new_nodes = _embeddings_from_blocks(new_nodes, new_inits, eight_bit, consumers)
+
+    kept = [init for init in graph.initializer if init.name not in replaced or consumers[init.name] > 0]
+    del graph.node[:]
+    graph.node.extend(new_nodes)
+    del graph.initializer[:]
+    graph.initializer.extend(kept + new_inits)
+    if not any(op.domain == MS_DOMAIN for op in model.opset_import):
+        model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
+    return report
+
+
+def _embeddings_from_blocks(nodes: list, new_inits: list, eight_bit: dict, consumers: Counter) -> list:
+    """Tied embeddings: a Gather from Transpose(LM head weight) becomes a GatherBlockQuantized from the LM head's
+    8-bit blocks, so the float32 table (113 MiB for SmolLM2; 4x its blocks) is neither stored nor folded at load."""
+    from onnx import helper, numpy_helper
+
+    readers = Counter(name for node in nodes for name in node.input)
+    folded = {}  # Transpose output -> the weight it transposed
+    for node in nodes:
+        perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
+        if node.op_type == "Transpose" and node.input[0] in eight_bit and perm == [1, 0]:
+            gathers = [g for g in nodes if g.op_type == "Gather" and g.input[0] == node.output[0]
+                       and all(a.i == 0 for a in g.attribute if a.name == "axis")]
+            if gathers and len(gathers) == readers[node.output[0]]:
+                folded[node.output[0]] = node.input[0]
+    out, tables = [], set()
+    for node in nodes:
+        if node.op_type == "Transpose" and node.output[0] in folded:
+            consumers[node.input[0]] -= 1
+            continue
+        if node.op_type == "Gather" and node.input[0] in folded:
+            stored, scales, n, k = eight_bit[folded[node.input[0]]]
+            shape = numpy_helper.from_array(np.array([n, k], np.int64), f"{stored}/table_shape")
+            if shape.name not in tables:
+                new_inits.append(shape)
+            table = f"{stored}/table"
+            if shape.name not in tables:
+                tables.add(shape.name)
+                out.append(helper.make_node("Reshape", [stored, shape.name], [table], name=f"{node.name}_table"))
+            out.append(helper.make_node("GatherBlockQuantized", [table, node.input[1], scales], list(node.output),
+                                        name=f"{node.name}_Q8", domain=MS_DOMAIN, gather_axis=0, quantize_axis=1,
+                                        block_size=BLOCK, bits=8))
+            continue
+        out.append(node)
+    return out
+
+
+def rewrite_file(src: Path, dest: Path, data_name: str, accuracy_level: int = 4) -> RewriteReport:
+    """Rewrite the float32 model file `src` into `dest` (weights in `data_name` beside it)."""
+    import onnx
+
+    model = onnx.load(str(src))
+    report = rewrite(model, accuracy_level)
+    onnx.save_model(model, str(dest), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=data_name, size_threshold=1024)
+    return report

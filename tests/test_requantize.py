@@ -1,0 +1,113 @@
+"""Precision "native": a GGUF's own Q4_1 / Q8_0 blocks found again in float32 weights and written as
+MatMulNBits without loss, run through a real ONNX Runtime session."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from ghostls.inference import requantize as rq
+
+K, N, T = 96, 40, 5
+
+
+def _q4_1_weight(rng) -> np.ndarray:
+    """A [K, N] float32 weight made the way llama.cpp dequantizes Q4_1 blocks: d * q + m, d and m float16."""
+    blocks = K // rq.BLOCK
+    d = rng.uniform(0.001, 0.05, (N, blocks)).astype(np.float16).astype(np.float32)
+    m = rng.uniform(-0.4, 0.0, (N, blocks)).astype(np.float16).astype(np.float32)
+    q = rng.integers(0, 16, (N, blocks, rq.BLOCK)).astype(np.float32)
+    q[..., 0], q[..., 1] = 0, 15  # llama.cpp's quantizer puts the block's min at 0 and its max at 15
+    return (d[..., None] * q + m[..., None]).reshape(N, K).T.copy()
+
+
+def _q8_0_weight(rng) -> np.ndarray:
+    blocks = K // rq.BLOCK
+    d = rng.uniform(0.001, 0.02, (N, blocks)).astype(np.float16).astype(np.float32)
+    q = rng.integers(-127, 128, (N, blocks, rq.BLOCK)).astype(np.float32)
+    q[..., 0] = 127  # the block's absmax is stored as 127
+    return (d[..., None] * q).reshape(N, K).T.copy()
+
+
+def test_q4_1_blocks_are_recovered_exactly_and_nothing_else_is_taken_for_them():
+    rng = np.random.default_rng(0)
+    w = _q4_1_weight(rng)
+    q, d, m = rq.recover_q4_1(rq.blocks_of(w))
+    assert q.max() == 15 and q.min() == 0
+    assert np.array_equal((d[..., None] * q + m[..., None]).reshape(N, K).T, w)
+    assert rq.recover_q8_0(rq.blocks_of(w)) is None
+    assert rq.recover_q4_1(rq.blocks_of(_q8_0_weight(rng))) is None
+    assert rq.recover_q4_1(rq.blocks_of(rng.normal(size=(K, N)).astype(np.float32))) is None
+    # One weight off by one float32 step is no longer exact.
+    w[3, 7] = np.nextafter(w[3, 7], np.float32(1))
+    assert rq.recover_q4_1(rq.blocks_of(w)) is None
+
+
+def test_q8_0_blocks_are_recovered_exactly():
+    rng = np.random.default_rng(1)
+    w = _q8_0_weight(rng)
+    q, d = rq.recover_q8_0(rq.blocks_of(w))
+    assert np.array_equal((d[..., None] * q).reshape(N, K).T, w)
+    assert rq.recover_q8_0(rq.blocks_of(rng.normal(size=(K, N)).astype(np.float32))) is None
+
+
+def test_pack_4bit_puts_the_first_value_in_the_low_nibble():
+    assert rq.pack_4bit(np.array([[1, 2, 15, 0]], np.uint8)).tolist() == [[0x21, 0x0F]]
+    assert rq.pack_4bit(np.array([[3, 4, 5]], np.uint8)).tolist() == [[0x43, 0x05]]
+
+
+def _three_matmuls(weights: list[np.ndarray]):
+    """x [1, T, K] through three MatMuls with initializer weights, plus Gathers that share the first two."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, None, K])
+    ids = helper.make_tensor_value_info("ids", TensorProto.INT64, [1, None])
+    outputs = [helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, None) for i in range(3)]
+    outputs += [helper.make_tensor_value_info(name, TensorProto.FLOAT, None) for name in ("rows", "rows4")]
+    inits = [numpy_helper.from_array(w, f"w{i}") for i, w in enumerate(weights)]
+    nodes = [helper.make_node("MatMul", ["x", f"w{i}"], [f"y{i}"], name=f"mm{i}") for i in range(3)]
+    # Tied embeddings: the LM head's weight is also the embedding table (through a Transpose). The 8-bit one
+    # becomes a GatherBlockQuantized on the same blocks; the 4-bit one keeps its float table.
+    nodes += [helper.make_node("Transpose", ["w1"], ["w1t"], perm=[1, 0]),
+              helper.make_node("Gather", ["w1t", "ids"], ["rows"]),
+              helper.make_node("Transpose", ["w0"], ["w0t"], perm=[1, 0]),
+              helper.make_node("Gather", ["w0t", "ids"], ["rows4"])]
+    graph = helper.make_graph(nodes, "g", [x, ids], outputs, inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
+
+
+def _run(model, x, ids):
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, {"x": x, "ids": ids})
+
+
+@pytest.mark.parametrize("accuracy_level", [0, 4])
+def test_rewritten_model_computes_what_the_float_model_does(accuracy_level):
+    rng = np.random.default_rng(2)
+    weights = [_q4_1_weight(rng), _q8_0_weight(rng), rng.normal(0, 0.05, (K, N)).astype(np.float32)]
+    model = _three_matmuls(weights)
+    x = rng.normal(size=(1, T, K)).astype(np.float32)
+    ids = np.array([[0, 5, 39]], np.int64)  # rows of the [N, K] table
+    want = _run(model, x, ids)
+
+    report = rq.rewrite(model, accuracy_level=accuracy_level)
+    assert dict(report.kinds) == {"q4_1 exact": 1, "q8_0 exact": 1, "int8 absmax": 1}
+    ops = [node.op_type for node in model.graph.node]
+    assert ops.count("MatMulNBits") == 3 and "MatMul" in ops  # the Q4_1 offsets' small MatMul
+    assert ops.count("GatherBlockQuantized") == 1 and ops.count("Transpose") == 1
+    names = {init.name for init in model.graph.initializer}
+    assert "w0" in names and "w1" not in names and "w2" not in names  # w0 still feeds its Gather
+    got = _run(model, x, ids)
+
+    np.testing.assert_array_equal(got[3], want[3])  # the embedding rows, from the 8-bit blocks, exactly
+    np.testing.assert_array_equal(got[4], want[4])
+    scale = np.abs(want[0]).max()
+    if accuracy_level == 0:  # float32 arithmetic on exact weights: rounding only
+        np.testing.assert_allclose(got[0], want[0], atol=1e-5 * scale)
+        np.testing.assert_allclose(got[1], want[1], atol=1e-5 * np.abs(want[1]).max())
+    else:  # activations quantized to int8 per block: close, not equal
+        np.testing.assert_allclose(got[0], want[0], atol=2e-2 * scale)
+        np.testing.assert_allclose(got[1], want[1], atol=2e-2 * np.abs(want[1]).max())
+    # The weight that never was block-quantized loses a little (absmax int8), and no more.
+    error = np.abs(got[2] - want[2]).max()
+    assert 0 < error < 2e-2 * np.abs(want[2]).max()
