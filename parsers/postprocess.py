@@ -575,9 +575,9 @@ def _line_repairs(line: str, opened: list[str]):
 
 
 def _opens_a_bracket_last(line: str) -> bool:
-    """A line whose last character opens a bracket, after some code and with no closer or quote of its own left
-    dangling ("def total(", "rows = [", "if (ready &&" is not one): the head of a construct the user goes on
-    writing, as a one-line suggestion. No closing it makes it valid when what follows is the body or arguments."""
+    """A line whose last character opens a bracket, with code before it and no closer or quote of its own left
+    dangling ("def total(", "if (ready && check("): the head of a construct the user goes on writing. The guard
+    keeps it as a one-line suggestion where closing the bracket (tried first) does not make it valid."""
     stripped = line.rstrip()
     if not stripped or stripped[-1] not in _OPENERS or not re.search(r"\w", stripped):
         return False
