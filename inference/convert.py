@@ -141,11 +141,15 @@ def cached_model(
 
 
 def resolve_precision(precision: str, is_gguf: bool) -> str:
+    _check_precision(precision)
     if precision == AUTO:
         return "native" if is_gguf else "int8"
-    if precision not in PRECISIONS:
-        raise ModelError(f"unknown precision {precision!r}; choose one of {AUTO}, {', '.join(PRECISIONS)}")
     return precision
+
+
+def _check_precision(precision: str) -> None:
+    if precision != AUTO and precision not in PRECISIONS:
+        raise ModelError(f"unknown precision {precision!r}; choose one of {AUTO}, {', '.join(PRECISIONS)}")
 
 
 def _is_cached(dest: Path, source: _Source, precision: str, execution_provider: str) -> bool:
@@ -181,8 +185,7 @@ def convert(
     Returns at once, without importing torch, when the cache already holds this source at this precision.
     Raises ModelError with a user-facing message on any failure, leaving no partial model behind.
     """
-    if precision != AUTO and precision not in PRECISIONS:
-        raise ModelError(f"unknown precision {precision!r}; choose one of {AUTO}, {', '.join(PRECISIONS)}")
+    _check_precision(precision)  # before the source: a typo is reported as such, whatever the path
     if execution_provider not in EXECUTION_PROVIDERS:
         raise ModelError(
             f"unknown execution provider {execution_provider!r}; choose one of {', '.join(EXECUTION_PROVIDERS)}"
@@ -278,9 +281,9 @@ def _requantize(fp32: Path, out: Path, report: Progress) -> dict[str, int]:
     for f in fp32.iterdir():
         if f.is_file() and f.name not in (MODEL_FILE, MODEL_DATA_FILE):
             shutil.copy2(f, out / f.name)
-    done = rewrite_file(fp32 / MODEL_FILE, out / MODEL_FILE, MODEL_DATA_FILE)
+    kinds = rewrite_file(fp32 / MODEL_FILE, out / MODEL_FILE, MODEL_DATA_FILE)
     report("requantizing", 1.0)
-    return dict(done.kinds)
+    return dict(kinds)
 
 
 def _log_tail(path: Path) -> str:

@@ -20,20 +20,12 @@ weight is only called exact when it is.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 BLOCK = 32
 MS_DOMAIN = "com.microsoft"
-
-
-@dataclass
-class RewriteReport:
-    """What the rewrite did: how many weights of each kind (the converter writes it into the manifest)."""
-
-    kinds: Counter = field(default_factory=Counter)  # "q4_1 exact", "q8_0 exact", "int8 absmax"
 
 
 def blocks_of(weight_kn: np.ndarray) -> np.ndarray:
@@ -90,11 +82,12 @@ def pack_4bit(values: np.ndarray) -> np.ndarray:
     return (values[..., 0::2] | (values[..., 1::2] << 4)).astype(np.uint8)
 
 
-def rewrite(model, accuracy_level: int = 4, report: RewriteReport | None = None):
-    """Rewrite `model` (an onnx.ModelProto with its weights loaded) in place; returns the report."""
+def rewrite(model, accuracy_level: int = 4) -> Counter:
+    """Rewrite `model` (an onnx.ModelProto with its weights loaded) in place. Returns how many MatMul weights
+    became each kind ("q4_1 exact", "q8_0 exact", "int8 absmax"): the converter writes it into the manifest."""
     from onnx import helper, numpy_helper
 
-    report = report if report is not None else RewriteReport()
+    kinds: Counter = Counter()
     graph = model.graph
     inits = {init.name: init for init in graph.initializer}
     consumers = Counter(name for node in graph.node for name in node.input)
@@ -143,7 +136,7 @@ def rewrite(model, accuracy_level: int = 4, report: RewriteReport | None = None)
                                               name=f"{name}_offsets"))
             new_nodes.append(helper.make_node("Add", [f"{y}/ghostls_q4", f"{y}/ghostls_offsets"], [y],
                                               name=f"{name}_add_offsets"))
-            report.kinds["q4_1 exact"] += 1
+            kinds["q4_1 exact"] += 1
         else:
             q8 = recover_q8_0(blocks)
             kind = "q8_0 exact" if q8 is not None else "int8 absmax"
@@ -154,7 +147,7 @@ def rewrite(model, accuracy_level: int = 4, report: RewriteReport | None = None)
             # No zero point input: 8-bit MatMulNBits then subtracts 128, which makes the stored bytes signed again.
             new_nodes.append(helper.make_node("MatMulNBits", [x, stored.name, scales.name], [y], name=f"{name}_Q8",
                                               domain=MS_DOMAIN, bits=8, **attrs))
-            report.kinds[kind] += 1
+            kinds[kind] += 1
             eight_bit[weight.name] = (stored.name, scales.name, n, k)
         consumers[weight.name] -= 1
         replaced.add(weight.name)
@@ -168,7 +161,7 @@ def rewrite(model, accuracy_level: int = 4, report: RewriteReport | None = None)
     graph.initializer.extend(kept + new_inits)
     if not any(op.domain == MS_DOMAIN for op in model.opset_import):
         model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
-    return report
+    return kinds
 
 
 def _embeddings_from_blocks(nodes: list, new_inits: list, eight_bit: dict, consumers: Counter) -> list:
@@ -192,12 +185,11 @@ def _embeddings_from_blocks(nodes: list, new_inits: list, eight_bit: dict, consu
             continue
         if node.op_type == "Gather" and node.input[0] in folded:
             stored, scales, n, k = eight_bit[folded[node.input[0]]]
-            shape = numpy_helper.from_array(np.array([n, k], np.int64), f"{stored}/table_shape")
-            if shape.name not in tables:
+            table = f"{stored}/table"  # the [N, K/32, 32] blocks seen as the [N, K] rows the Gather reads
+            if table not in tables:
+                tables.add(table)
+                shape = numpy_helper.from_array(np.array([n, k], np.int64), f"{stored}/table_shape")
                 new_inits.append(shape)
-            table = f"{stored}/table"
-            if shape.name not in tables:
-                tables.add(shape.name)
                 out.append(helper.make_node("Reshape", [stored, shape.name], [table], name=f"{node.name}_table"))
             out.append(helper.make_node("GatherBlockQuantized", [table, node.input[1], scales], list(node.output),
                                         name=f"{node.name}_Q8", domain=MS_DOMAIN, gather_axis=0, quantize_axis=1,
@@ -207,12 +199,12 @@ def _embeddings_from_blocks(nodes: list, new_inits: list, eight_bit: dict, consu
     return out
 
 
-def rewrite_file(src: Path, dest: Path, data_name: str, accuracy_level: int = 4) -> RewriteReport:
-    """Rewrite the float32 model file `src` into `dest` (weights in `data_name` beside it)."""
+def rewrite_file(src: Path, dest: Path, data_name: str, accuracy_level: int = 4) -> Counter:
+    """Rewrite the float32 model file `src` into `dest` (weights in `data_name` beside it); see `rewrite`."""
     import onnx
 
     model = onnx.load(str(src))
-    report = rewrite(model, accuracy_level)
+    kinds = rewrite(model, accuracy_level)
     onnx.save_model(model, str(dest), save_as_external_data=True, all_tensors_to_one_file=True,
                     location=data_name, size_threshold=1024)
-    return report
+    return kinds
