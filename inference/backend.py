@@ -26,6 +26,8 @@ class TextRequest:
     # alternative candidates; and token ids the answer must start with (an alternative's first token).
     first_choices: int = 0
     forced: tuple[int, ...] = ()
+    # Local backends only: re-choose the prompt's last token when it ends inside a word (GenerationRequest.heal).
+    heal: bool = False
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,7 @@ class TextGeneration:
     # Local backends only: the generated token ids, and the most likely first tokens when asked.
     token_ids: tuple[int, ...] = ()
     first_choices: tuple[int, ...] = ()
+    healed: bool = False
 
 
 class BackendError(Exception):
@@ -87,10 +90,11 @@ class LocalBackend:
             GenerationRequest(tuple(ids), max_new_tokens=request.max_new_tokens,
                               stop_strings=request.stop_strings, time_budget_s=request.time_budget_s,
                               cache_key=request.cache_key, first_choices=request.first_choices,
-                              forced=request.forced),
+                              forced=request.forced, heal=request.heal),
             is_complete=is_complete, cancelled=cancelled)
         return TextGeneration(generation.text, generation.stop_reason, generation.prompt_tokens,
                               generation.reused_tokens,
                               {"tokenize": tokenize_ms, "prefill": round(generation.prefill_s * 1000, 2),
                                "decode": round(generation.decode_s * 1000, 2)},
-                              token_ids=generation.token_ids, first_choices=generation.first_choices)
+                              token_ids=generation.token_ids, first_choices=generation.first_choices,
+                              healed=generation.healed)

@@ -83,10 +83,10 @@ def decide_mode(snapshot: DocumentSnapshot, offset: int) -> CompletionMode:
     return CompletionMode(False, "end of line", indent)
 
 
-# Rules that `skip` can turn off, for the evaluation's ablation: one line after a block's existing code for a
-# prefix-only model (in completer), the block cut (stop at the end of the block), the suffix rules (no repeating what follows the
+# Rules that `skip` can turn off, for the evaluation's ablation: token healing of a word being typed and one line
+# after a block's existing code for a prefix-only model (both in completer), the block cut (stop at the end of the block), the suffix rules (no repeating what follows the
 # cursor), indentation repair, the loop cut (a model repeating itself) and the syntax guard (in completer).
-RULES = ("next_line", "block", "suffix", "indent", "repetition", "syntax")
+RULES = ("heal", "next_line", "block", "suffix", "indent", "repetition", "syntax")
 
 
 def stop_check(

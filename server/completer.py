@@ -116,7 +116,12 @@ def complete(backend: CompletionBackend, snapshot: DocumentSnapshot, offset: int
     deadline = time.perf_counter() + settings.time_budget_ms / 1000
     request = TextRequest(prompt.text, max_new_tokens=max_new, stop_strings=template.stop,
                           time_budget_s=settings.time_budget_ms / 1000, cache_key=snapshot.uri,
-                          first_choices=FIRST_TOKEN_BRANCHES)  # ranked from logits already computed
+                          first_choices=FIRST_TOKEN_BRANCHES,  # ranked from logits already computed
+                          # A word being typed ("self.ap"): its last token is re-chosen. Only where the prompt ends
+                          # at the cursor (a FIM prompt ends in the template's tokens) and the cursor's spaces were
+                          # not cut from it (Prompt.heal).
+                          heal=("heal" not in skip and not template.uses_suffix and not prompt.healed
+                                and not prompt.at_indent))
     complete_at = stop_check(snapshot, offset, mode, settings.max_lines, skip)
     first_line_only = False
 
@@ -137,6 +142,7 @@ def complete(backend: CompletionBackend, snapshot: DocumentSnapshot, offset: int
         return CompletionResult("", str(exc), mode.multiline, timings_ms=timings, error=exc.kind,
                                 prefix_start=prefix_start, context=context, prompt=prompt.text)
     timings.update(generation.timings_ms)
+    context["tokenHealed"] = generation.healed
     clock = time.perf_counter()
     if generation.stop_reason == "cancelled":
         return CompletionResult("", "cancelled", mode.multiline, generation.prompt_tokens,

@@ -67,7 +67,7 @@ def test_eval_command_runs_the_real_server_and_the_naive_peer(tiny_model, tmp_pa
         capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     table = out.stdout
-    for name in ("ghostls", "no cross-file context", "no next-line rule", "no block rule", "no suffix rules",
+    for name in ("ghostls", "no cross-file context", "no token healing", "no next-line rule", "no block rule", "no suffix rules",
                  "no indentation fix", "no loop cut", "no syntax guard", "naive peer"):
         assert f"| {name} | 3 |" in table, table
     assert "| 0 |" in table  # no request errors
@@ -76,5 +76,5 @@ def test_eval_command_runs_the_real_server_and_the_naive_peer(tiny_model, tmp_pa
     # again as "typed through" (that made every ablation row a copy of the first, once).
     rows = json.loads((tmp_path / "rows.json").read_text())["rows"]
     reasons = [row["reason"] for name, per in rows.items() if name != "naive peer" for row in per]
-    assert len(reasons) == 8 * 3 and all(reasons), reasons
+    assert len(reasons) == 9 * 3 and all(reasons), reasons
     assert not any("typed through" in reason for reason in reasons), reasons

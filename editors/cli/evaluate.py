@@ -25,6 +25,7 @@ FULL = "ghostls"
 CONFIGS: dict[str, dict] = {
     FULL: {},
     "no cross-file context": {"workspaceContext": False},
+    "no token healing": {"skipRules": ["heal"]},
     "no next-line rule": {"skipRules": ["next_line"]},
     "no block rule": {"skipRules": ["block"]},
     "no suffix rules": {"skipRules": ["suffix"]},
