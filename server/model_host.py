@@ -120,7 +120,11 @@ class ModelHost:
             self._set(ModelStatus(ModelState.READY, f"{model_dir.name} ready in {engine.load_s:.2f}s",
                                   model_dir.name, engine.provider.name, template.family))
             log.info("execution provider: %s (%s)", engine.provider.name, engine.provider.reason)
-            engine.vocabulary()  # token healing's table, built now rather than in the first request that needs it
+            if not template.uses_suffix:
+                try:
+                    engine.vocabulary()  # token healing's table, built now rather than in the first request that heals
+                except Exception:  # noqa: BLE001 - the model is ready; a request that heals will say what failed
+                    log.exception("token healing's vocabulary could not be built")
         except ModelError as exc:
             self._set(ModelStatus(ModelState.ERROR, str(exc)))
         except Exception as exc:  # noqa: BLE001 - any failure leaves a serving (empty) server

@@ -76,3 +76,32 @@ def test_gpu_check_dry_runs_on_the_cpu(tmp_path):
     assert report["provider"] == "cpu" and row["session_providers"] == ["CPUExecutionProvider"]
     assert row["ttft_ms_p50"] > 0 and row["decode_tps_p50"] > 0
     assert 0 < row["roofline_fraction"] < 1.5  # a measured copy bounds what decoding can read
+
+
+def test_node_profile_shares_add_up_on_a_tiny_model(tiny_model):
+    """bench/node_profile.py (where a decode step's time goes, by operator) on a tiny converted model."""
+    import pathlib
+
+    script = pathlib.Path(__file__).resolve().parents[1] / "bench" / "node_profile.py"
+    proc = subprocess.run([sys.executable, str(script), str(tiny_model("qwen")), "--past", "16", "--steps", "3"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [line.strip("|").split("|") for line in proc.stdout.splitlines() if line.startswith("| ")][1:]
+    shares = {op.strip(): float(share.strip().rstrip("%")) for op, share, _ in rows}
+    assert "MatMulNBits" in shares and "GroupQueryAttention" in shares
+    assert abs(sum(shares.values()) - 100) < 1
+
+
+def test_zero_points_benchmark_shows_float_zero_points_exact_and_integer_ones_not():
+    """bench/zero_points.py, the measurement behind the remainder MatMul of precision native."""
+    import pathlib
+
+    script = pathlib.Path(__file__).resolve().parents[1] / "bench" / "zero_points.py"
+    proc = subprocess.run([sys.executable, str(script), "--repeats", "2"], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [line.strip("|").split("|") for line in proc.stdout.splitlines() if line.startswith("| ")][1:]
+    assert len(rows) == 8
+    errors = {(kind.strip(), level.strip(), tokens.strip()): float(error) for kind, level, tokens, _, error in rows}
+    assert all(e < 1e-4 for (kind, *_), e in errors.items() if kind.startswith("float"))
+    assert all(e > 1e-3 for (kind, *_), e in errors.items() if kind.startswith("uint8"))

@@ -1,0 +1,93 @@
+"""Where one decode step's time goes: onnxruntime's own profiler over a converted model, by operator type.
+
+Runs the model's ONNX graph directly (onnxruntime, not onnxruntime-genai) for one new token after a zeroed KV cache
+of --past tokens, --steps times, and prints per operator type the kernel time per token and the node count. The
+profiler adds its own cost to every node, so read the shares, not the milliseconds; the untimed steps/s line
+before it is the speed of the graph run this way. GroupQueryAttention's share is overstated here: fed as plain
+inputs, the KV cache is copied into a new present tensor every step, where onnxruntime-genai shares one buffer.
+
+    .venv/bin/python bench/node_profile.py .cache/ghostls/models/smollm2-135m-instruct-q4_1-native-cpu [--past 500]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _feeds(session, past: int, model_dir: Path) -> dict[str, np.ndarray]:
+    decoder = json.loads((model_dir / "genai_config.json").read_text())["model"]["decoder"]
+    feeds = {}
+    for spec in session.get_inputs():
+        if spec.name == "input_ids":
+            feeds[spec.name] = np.array([[42]], np.int64)
+        elif spec.name == "attention_mask":
+            feeds[spec.name] = np.ones((1, past + 1), np.int64)
+        elif spec.name == "position_ids":
+            feeds[spec.name] = np.array([[past]], np.int64)
+        elif spec.name.startswith("past_key_values."):
+            shape = (1, decoder["num_key_value_heads"], past, decoder["head_size"])
+            feeds[spec.name] = np.zeros(shape, np.float32)
+        else:
+            raise SystemExit(f"unexpected model input {spec.name}")
+    return feeds
+
+
+def main() -> int:
+    import onnxruntime as ort
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model_dir", type=Path)
+    parser.add_argument("--past", type=int, default=500)
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    args = parser.parse_args()
+
+    def session(profile_prefix: str | None):
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = args.threads
+        if profile_prefix:
+            options.enable_profiling = True
+            options.profile_file_prefix = profile_prefix
+        return ort.InferenceSession(str(args.model_dir / "model.onnx"), options, providers=["CPUExecutionProvider"])
+
+    plain = session(None)
+    feeds = _feeds(plain, args.past, args.model_dir)
+    for _ in range(5):
+        plain.run(None, feeds)
+    started = time.perf_counter()
+    for _ in range(args.steps):
+        plain.run(None, feeds)
+    print(f"{args.model_dir.name}: {args.steps / (time.perf_counter() - started):.1f} steps/s "
+          f"(one token after {args.past}, {args.threads} threads, unprofiled)")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        profiled = session(str(Path(tmp) / "profile"))
+        for _ in range(args.steps):
+            profiled.run(None, feeds)
+        events = json.loads(Path(profiled.end_profiling()).read_text())
+    spent: collections.Counter[str] = collections.Counter()
+    nodes: dict[str, set[str]] = collections.defaultdict(set)
+    for event in events:
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            op = event["args"]["op_name"]
+            spent[op] += event["dur"]
+            nodes[op].add(event["name"])
+    total = sum(spent.values())
+    print("| operator | share of kernel time | nodes |")
+    print("|---|---|---|")
+    for op, micros in spent.most_common():
+        print(f"| {op} | {micros / total:.1%} | {len(nodes[op])} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
