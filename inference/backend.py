@@ -26,7 +26,7 @@ class TextRequest:
     # alternative candidates; and token ids the answer must start with (an alternative's first token).
     first_choices: int = 0
     forced: tuple[int, ...] = ()
-    # Local backends only: re-choose the prompt's last token when it ends inside a word (GenerationRequest.heal).
+    # Local backends only: re-choose the prompt's last tokens when it ends inside a word (GenerationRequest.heal).
     heal: bool = False
 
 

@@ -72,9 +72,10 @@ class GenerationRequest:
     forced: tuple[int, ...] = ()
     # How many of the most likely first tokens to report (for alternative candidates); 0 for none.
     first_choices: int = 0
-    # Token healing: the prompt ends inside a word the user is typing ("self.ap"), so its last token is the
-    # tokenizer's cut ("ap"), not a token the model would write there. Re-choose it: drop it from the prompt, let
-    # the first new token be any that starts with its text ("append"), and return only what follows that text.
+    # Token healing: the prompt ends inside a word the user is typing ("self.ap"), so its last tokens are the
+    # tokenizer's cut (".", "ap"), not tokens the model would write there. Re-choose them: give up to HEAL_TOKENS
+    # of the word back, let the first new tokens be any that write that text again (".append"), and return only
+    # what follows it.
     heal: bool = False
 
 
@@ -89,7 +90,7 @@ class Generation:
     decode_s: float
     first_token_s: float | None = None  # from the call to the first new token; None when none came
     first_choices: tuple[int, ...] = ()  # the most likely first tokens, best first, when the request asked
-    healed: bool = False  # the prompt's last token was re-chosen (GenerationRequest.heal)
+    healed: bool = False  # the prompt's last tokens were re-chosen (GenerationRequest.heal)
 
 
 @dataclass

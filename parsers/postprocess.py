@@ -84,8 +84,9 @@ def decide_mode(snapshot: DocumentSnapshot, offset: int) -> CompletionMode:
 
 
 # Rules that `skip` can turn off, for the evaluation's ablation: token healing of a word being typed and one line
-# after a block's existing code for a prefix-only model (both in completer), the block cut (stop at the end of the block), the suffix rules (no repeating what follows the
-# cursor), indentation repair, the loop cut (a model repeating itself) and the syntax guard (in completer).
+# after a block's existing code for a prefix-only model (both in completer), the block cut (stop at the end of the
+# block), the suffix rules (no repeating what follows the cursor), indentation repair, the loop cut (a model
+# repeating itself) and the syntax guard (in completer).
 RULES = ("heal", "next_line", "block", "suffix", "indent", "repetition", "syntax")
 
 

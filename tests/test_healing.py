@@ -83,6 +83,7 @@ def test_an_alternative_of_a_healed_prompt_writes_the_tail_too(engine):
     ids = tuple(engine.encode(PROMPT))
     engine.reset()
     healed = engine.generate(GenerationRequest(ids, max_new_tokens=6, heal=True, first_choices=3))
+    # The tail given back is what the new tokens wrote beyond the answer.
     tail = PROMPT[len(PROMPT) - (len(_written(engine, healed.token_ids)) - len(healed.text)):]
     agreeing = set(engine.vocabulary().agreeing_with(tail).tolist())
     assert healed.first_choices and set(healed.first_choices) <= agreeing
