@@ -198,10 +198,10 @@ class Engine:
                 self._vocabulary = Vocabulary(self.tokenizer)
             return self._vocabulary
 
-    def _healing(self, prompt: list[int]) -> int:
+    @staticmethod
+    def _healing(prompt: list[int], vocabulary: Vocabulary) -> int:
         """How many of the prompt's last tokens to re-choose: those of the word the prompt ends in (at most
         HEAL_TOKENS), when none is whitespace at its end, a special token or part of a character's bytes."""
-        vocabulary = self.vocabulary()
         if not vocabulary.exact:
             return 0
         count = 0
@@ -216,18 +216,16 @@ class Engine:
                 break  # the word's first token (" foo", ".foo"): a healed word starts no further back
         return count
 
-    def _heal_step(self, kv: _KvState, remaining: str, ranked_count: int) -> tuple[int, tuple[int, ...]]:
+    @staticmethod
+    def _heal_step(kv: _KvState, vocabulary: Vocabulary, remaining: str,
+                   ranked_count: int) -> tuple[int, tuple[int, ...]]:
         """Feeds the most likely token that agrees with `remaining` (the healed text not yet written again);
         returns it and the `ranked_count` most likely agreeing tokens, best first."""
-        vocabulary = self.vocabulary()
-        allowed = vocabulary.agreeing_with(remaining)
-        scores = kv.generator.get_logits().reshape(-1)[allowed]
-        k = min(max(ranked_count, 1), scores.size)
-        top = np.argpartition(scores, -k)[-k:]
-        ranked = tuple(int(t) for t in allowed[top[np.argsort(scores[top])[::-1]]])
+        ranked = _most_likely(kv.generator.get_logits().reshape(-1), max(ranked_count, 1),
+                              among=vocabulary.agreeing_with(remaining))
         kv.generator.append_tokens([ranked[0]])
         kv.tokens.append(ranked[0])
-        return ranked[0], ranked[:ranked_count]
+        return ranked[0], tuple(ranked[:ranked_count])
 
     # -- generation ------------------------------------------------------------------------
     def generate(self, request: GenerationRequest, *,
@@ -251,7 +249,8 @@ class Engine:
         prompt = list(request.prompt_ids[-room:]) if room > 0 else list(request.prompt_ids[-1:])
         prompt = prompt or list(self.start_ids)
         forced = list(request.forced)
-        healed = self._healing(prompt) if request.heal else 0
+        vocabulary = self.vocabulary() if request.heal else None
+        healed = self._healing(prompt, vocabulary) if vocabulary is not None else 0
         tail = self.tokenizer.decode(prompt[-healed:], skip_special_tokens=False) if healed else ""
         prompt = prompt[:-healed] if healed else prompt  # the healed text comes back as the first new tokens' head
 
@@ -276,24 +275,19 @@ class Engine:
         choices: tuple[int, ...] = ()
         # Healing: the first tokens must write the healed text again (forced ones, an alternative's, count).
         remaining = tail
-        texts = self.vocabulary().texts if tail else []
         for token in forced:
-            remaining = _unwritten(remaining, texts[token]) if remaining else ""
+            remaining = _unwritten(remaining, vocabulary.texts[token]) if remaining else ""
         if remaining:
-            token, choices = self._heal_step(kv, remaining, 0 if forced else request.first_choices)
+            token, choices = self._heal_step(kv, vocabulary, remaining, 0 if forced else request.first_choices)
             new_ids, first_token_at = forced + [token], time.perf_counter()
-            while (remaining := _unwritten(remaining, texts[token])) and len(new_ids) < request.max_new_tokens:
-                token, _ = self._heal_step(kv, remaining, 0)
+            while ((remaining := _unwritten(remaining, vocabulary.texts[token]))
+                   and len(new_ids) < request.max_new_tokens):
+                token, _ = self._heal_step(kv, vocabulary, remaining, 0)
                 new_ids.append(token)
         elif request.first_choices and not forced:
             # The logits of the prompt's last token are already computed: ranking them costs no model run.
-            logits = kv.generator.get_logits().reshape(-1)
-            # Top k by partition, then sorted: every request asks now, and a full argsort of the vocabulary is 10x
-            # the work.
-            k = min(request.first_choices + len(self.eos_ids), logits.size)
-            top = np.argpartition(logits, -k)[-k:]
-            top = top[np.argsort(logits[top])[::-1]]
-            choices = tuple(int(t) for t in top if int(t) not in self.eos_ids)[: request.first_choices]
+            top = _most_likely(kv.generator.get_logits().reshape(-1), request.first_choices + len(self.eos_ids))
+            choices = tuple(t for t in top if t not in self.eos_ids)[: request.first_choices]
         text = self._text(new_ids, tail)
         while len(new_ids) < request.max_new_tokens:
             if cancelled():
@@ -378,6 +372,16 @@ class Engine:
                 self._caches.clear()
             else:
                 self._caches.pop(key, None)
+
+
+def _most_likely(logits: np.ndarray, k: int, among: np.ndarray | None = None) -> list[int]:
+    """The k most likely token ids, best first; of `among` only, when given. A partition, then a sort of the k:
+    every request ranks its first tokens, and a full argsort of the vocabulary is 10x the work."""
+    scores = logits if among is None else logits[among]
+    k = min(k, scores.size)
+    top = np.argpartition(scores, -k)[-k:]
+    top = top[np.argsort(scores[top])[::-1]]
+    return [int(t) for t in (top if among is None else among[top])]
 
 
 def _unwritten(remaining: str, written: str) -> str:
