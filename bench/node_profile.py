@@ -1,7 +1,7 @@
 """Where one decode step's time goes: onnxruntime's own profiler over a converted model, by operator type.
 
-Runs the model's ONNX graph directly (onnxruntime, not onnxruntime-genai) for one new token after a zeroed KV cache
-of --past tokens, --steps times, and prints per operator type the kernel time per token and the node count. The
+Runs the model's ONNX graph directly (onnxruntime, not onnxruntime-genai) for one new token (or a prefill chunk of
+--tokens) after a zeroed KV cache of --past tokens, --steps times, and prints per operator type the kernel time per token and the node count. The
 profiler adds its own cost to every node, so read the shares, not the milliseconds; the untimed steps/s line
 before it is the speed of the graph run this way. GroupQueryAttention's share is overstated here: fed as plain
 inputs, the KV cache is copied into a new present tensor every step, where onnxruntime-genai shares one buffer.
@@ -23,16 +23,16 @@ from pathlib import Path
 import numpy as np
 
 
-def _feeds(session, past: int, model_dir: Path) -> dict[str, np.ndarray]:
+def _feeds(session, past: int, tokens: int, model_dir: Path) -> dict[str, np.ndarray]:
     decoder = json.loads((model_dir / "genai_config.json").read_text())["model"]["decoder"]
     feeds = {}
     for spec in session.get_inputs():
         if spec.name == "input_ids":
-            feeds[spec.name] = np.array([[42]], np.int64)
+            feeds[spec.name] = np.full((1, tokens), 42, np.int64)
         elif spec.name == "attention_mask":
-            feeds[spec.name] = np.ones((1, past + 1), np.int64)
+            feeds[spec.name] = np.ones((1, past + tokens), np.int64)
         elif spec.name == "position_ids":
-            feeds[spec.name] = np.array([[past]], np.int64)
+            feeds[spec.name] = np.arange(past, past + tokens, dtype=np.int64)[None, :]
         elif spec.name.startswith("past_key_values."):
             shape = (1, decoder["num_key_value_heads"], past, decoder["head_size"])
             feeds[spec.name] = np.zeros(shape, np.float32)
@@ -48,6 +48,8 @@ def main() -> int:
     parser.add_argument("model_dir", type=Path)
     parser.add_argument("--past", type=int, default=500)
     parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--tokens", type=int, default=1, help="new tokens a run: 1 for a decode step, more for a "
+                        "prefill chunk")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     args = parser.parse_args()
 
@@ -60,14 +62,14 @@ def main() -> int:
         return ort.InferenceSession(str(args.model_dir / "model.onnx"), options, providers=["CPUExecutionProvider"])
 
     plain = session(None)
-    feeds = _feeds(plain, args.past, args.model_dir)
+    feeds = _feeds(plain, args.past, args.tokens, args.model_dir)
     for _ in range(5):
         plain.run(None, feeds)
     started = time.perf_counter()
     for _ in range(args.steps):
         plain.run(None, feeds)
     print(f"{args.model_dir.name}: {args.steps / (time.perf_counter() - started):.1f} steps/s "
-          f"(one token after {args.past}, {args.threads} threads, unprofiled)")
+          f"({args.tokens} token(s) after {args.past}, {args.threads} threads, unprofiled)")
 
     with tempfile.TemporaryDirectory() as tmp:
         profiled = session(str(Path(tmp) / "profile"))

@@ -47,7 +47,7 @@ STAGES = ("reading GGUF", "writing safetensors", "building ONNX", "requantizing"
 # completion never needs the others, and the LM head over every prompt token is a fifth of a small
 # model's prefill. RECIPE names this set: bump it when they change, and cached models are converted again.
 BUILDER_OPTIONS = ("prune_lm_head=true",)
-RECIPE = 2
+RECIPE = 3
 # Files of a Hugging Face checkpoint the converter may read: weights, configs, tokenizer data. Everything else
 # (pickled weights, remote-code *.py, READMEs) stays out of the folder the builder sees.
 _CHECKPOINT_SUFFIXES = (".json", ".safetensors", ".txt", ".model", ".jinja")

@@ -9,7 +9,8 @@ This module finds the GGUF's blocks again in the float32 weights and writes them
 - Q4_1 blocks become 4-bit MatMulNBits with scale `d` and the integer zero point `z` nearest `-m / d`, plus what
   that leaves of the offset as a small float MatMul over the block sums of the input:
   `x @ W = MatMulNBits(x; q, d, z) + blocksum(x) @ R`, R[b, n] = m + z * d of block b of output n (1/32 of the
-  multiply-adds, in float32);
+  multiply-adds, in float32); Q4_1 weights that read the same input (an MLP's gate and up) share one
+  MatMulNBits, one offsets MatMul and one Add, then a Split;
 - Q8_0 blocks become 8-bit MatMulNBits with zero point 128, the format's own layout;
 - any other weight (a model that never was a GGUF) becomes 8-bit MatMulNBits by absmax per block, as the
   builder's int8 does.
@@ -108,36 +109,39 @@ def rewrite(model, accuracy_level: int = 4) -> Counter:
             block_sums[x] = f"{base}/output_0"
         return block_sums[x]
 
-    for node in graph.node:
+    # Pass 1: which MatMuls have a block-quantizable weight, and which of those are Q4_1 blocks.
+    plans: dict[int, tuple] = {}  # node index -> (weight initializer, its blocks, (q, d, m) or None)
+    for index, node in enumerate(graph.node):
         weight = inits.get(node.input[1]) if node.op_type == "MatMul" and len(node.input) == 2 else None
         if weight is None or len(weight.dims) != 2 or weight.dims[0] % BLOCK or weight.data_type != 1:
+            continue
+        blocks = blocks_of(numpy_helper.to_array(weight))
+        plans[index] = (weight, blocks, recover_q4_1(blocks))
+    # Q4_1 MatMuls that read the same input (an MLP's gate and up projections) become one MatMulNBits with their
+    # outputs side by side, then a Split: one kernel call, one offsets MatMul and one Add instead of one each
+    # (fewer small nodes a decode step; docs/benchmarks.md, session 6).
+    groups: dict[tuple[str, int], list[int]] = {}
+    for index, (weight, _, q4) in plans.items():
+        if q4 is not None:
+            groups.setdefault((graph.node[index].input[0], weight.dims[0]), []).append(index)
+
+    # Pass 2: the rewritten graph, in the original order (a group is written where its first member was).
+    for index, node in enumerate(graph.node):
+        if index not in plans:
             new_nodes.append(node)
             continue
+        weight, blocks, q4 = plans[index]
         k, n = weight.dims
-        blocks = blocks_of(numpy_helper.to_array(weight))
-        x, y, name = node.input[0], node.output[0], node.name or y
-        attrs = dict(K=k, N=n, block_size=BLOCK, accuracy_level=accuracy_level)
-        q4 = recover_q4_1(blocks)
+        x = node.input[0]
+        attrs = dict(K=k, block_size=BLOCK, accuracy_level=accuracy_level)
         if q4 is not None:
-            q, d, m = q4
-            # The zero point nearest the block's real zero keeps the 4-bit part centred (d * (q - z) is the
-            # weight within d/2), so the int8 activations of accuracy level 4 err on the weights, not on a bias.
-            z = np.clip(np.rint(-m / np.where(d == 0, 1, d)), 0, 15).astype(np.uint8)
-            packed = numpy_helper.from_array(pack_4bit(q), f"{weight.name}_Q4")
-            scales = numpy_helper.from_array(d, f"{weight.name}_scales")
-            zeros = numpy_helper.from_array(pack_4bit(z).reshape(-1), f"{weight.name}_zp")
-            residual = m + z.astype(np.float32) * d  # what d * (q - z) leaves of d * q + m: |residual| <= d / 2
-            offsets = numpy_helper.from_array(np.ascontiguousarray(residual.T), f"{weight.name}_offsets")
-            new_inits.extend([packed, scales, zeros, offsets])
-            new_nodes.append(helper.make_node("MatMulNBits", [x, packed.name, scales.name, zeros.name],
-                                              [f"{y}/ghostls_q4"], name=f"{name}_Q4", domain=MS_DOMAIN,
-                                              bits=4, **attrs))
-            new_nodes.append(helper.make_node("MatMul", [block_sum(x, k), offsets.name], [f"{y}/ghostls_offsets"],
-                                              name=f"{name}_offsets"))
-            new_nodes.append(helper.make_node("Add", [f"{y}/ghostls_q4", f"{y}/ghostls_offsets"], [y],
-                                              name=f"{name}_add_offsets"))
+            members = groups[(x, k)]
+            if index == members[0]:
+                group = [(graph.node[i], *plans[i]) for i in members]
+                _write_q4_1(group, block_sum(x, k), attrs, new_nodes, new_inits)
             kinds["q4_1 exact"] += 1
         else:
+            name, y = node.name or node.output[0], node.output[0]
             q8 = recover_q8_0(blocks)
             kind = "q8_0 exact" if q8 is not None else "int8 absmax"
             q, d = q8 if q8 is not None else absmax_int8(blocks)
@@ -146,7 +150,7 @@ def rewrite(model, accuracy_level: int = 4) -> Counter:
             new_inits.extend([stored, scales])
             # No zero point input: 8-bit MatMulNBits then subtracts 128, which makes the stored bytes signed again.
             new_nodes.append(helper.make_node("MatMulNBits", [x, stored.name, scales.name], [y], name=f"{name}_Q8",
-                                              domain=MS_DOMAIN, bits=8, **attrs))
+                                              domain=MS_DOMAIN, bits=8, N=n, **attrs))
             kinds[kind] += 1
             eight_bit[weight.name] = (stored.name, scales.name, n, k)
         consumers[weight.name] -= 1
@@ -162,6 +166,46 @@ def rewrite(model, accuracy_level: int = 4) -> Counter:
     if not any(op.domain == MS_DOMAIN for op in model.opset_import):
         model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
     return kinds
+
+
+def _write_q4_1(group: list, block_sums: str, attrs: dict, nodes: list, inits: list) -> None:
+    """One MatMulNBits for the Q4_1 weights in `group` (MatMul node, weight, blocks, (q, d, m)), all reading the
+    same input, plus the offsets MatMul and Add that make it exact; a Split gives each MatMul its own output."""
+    from onnx import helper, numpy_helper
+
+    packed, scales, zeros, offsets = [], [], [], []
+    for _, _, _, (q, d, m) in group:
+        # The zero point nearest the block's real zero keeps the 4-bit part centred (d * (q - z) is the
+        # weight within d/2), so the int8 activations of accuracy level 4 err on the weights, not on a bias.
+        z = np.clip(np.rint(-m / np.where(d == 0, 1, d)), 0, 15).astype(np.uint8)
+        packed.append(pack_4bit(q))
+        scales.append(d)
+        zeros.append(pack_4bit(z))
+        offsets.append((m + z.astype(np.float32) * d).T)  # what d * (q - z) leaves of d * q + m: within d / 2
+    first, weight = group[0][0], group[0][1]
+    name = first.name or first.output[0]
+    if len(group) > 1:
+        name = f"{name}_and_{len(group) - 1}_more"
+    base = weight.name if len(group) == 1 else f"{weight.name}_and_{len(group) - 1}_more"
+    y = first.output[0] if len(group) == 1 else f"{name}/output_0"
+    widths = [w.dims[1] for _, w, _, _ in group]
+    tensors = [numpy_helper.from_array(np.concatenate(packed), f"{base}_Q4"),
+               numpy_helper.from_array(np.concatenate(scales), f"{base}_scales"),
+               numpy_helper.from_array(np.concatenate(zeros).reshape(-1), f"{base}_zp"),
+               numpy_helper.from_array(np.ascontiguousarray(np.concatenate(offsets, axis=1)), f"{base}_offsets")]
+    inits.extend(tensors)
+    x = first.input[0]
+    nodes.append(helper.make_node("MatMulNBits", [x] + [t.name for t in tensors[:3]], [f"{y}/ghostls_q4"],
+                                  name=f"{name}_Q4", domain=MS_DOMAIN, bits=4, N=sum(widths), **attrs))
+    nodes.append(helper.make_node("MatMul", [block_sums, tensors[3].name], [f"{y}/ghostls_offsets"],
+                                  name=f"{name}_offsets"))
+    nodes.append(helper.make_node("Add", [f"{y}/ghostls_q4", f"{y}/ghostls_offsets"], [y],
+                                  name=f"{name}_add_offsets"))
+    if len(group) > 1:  # (sizes as an input, like ReduceSum's axes above: opset 13 or later, as the builder writes)
+        split = numpy_helper.from_array(np.array(widths, np.int64), f"{base}_split")
+        inits.append(split)
+        nodes.append(helper.make_node("Split", [y, split.name], [member.output[0] for member, *_ in group],
+                                      name=f"{name}_split", axis=-1))
 
 
 def _embeddings_from_blocks(nodes: list, new_inits: list, eight_bit: dict, consumers: Counter) -> list:

@@ -150,18 +150,22 @@ def _authorize(protocol, body: bytes, token: str) -> bytes:
 
 
 # -- transports ---------------------------------------------------------------------------------------------
-def serve_stdio(server) -> None:
-    """pygls's start_io, with this module's read loop."""
+def serve_stdio(server) -> int:
+    """pygls's start_io, with this module's read loop. Returns the exit code (LSP: 0 after `shutdown`, else 1)."""
     server._stop_event = stop = threading.Event()
     server.protocol.set_writer(StdoutWriter(sys.stdout.buffer))
+    code = 0
     try:
         asyncio.run(read_messages(_BoundedStdin(sys.stdin.buffer, server.thread_pool), server.protocol, stop))
     except BrokenPipeError:
         log.error("the client closed the connection; shutting down")
-    except (KeyboardInterrupt, SystemExit):
+    except KeyboardInterrupt:
         pass
+    except SystemExit as exc:  # pygls's `exit` handler
+        code = exc.code if isinstance(exc.code, int) else 0
     finally:
         server.shutdown()
+    return code
 
 
 class _BoundedStdin(StdinAsyncReader):
@@ -172,9 +176,9 @@ class _BoundedStdin(StdinAsyncReader):
         return self.loop.run_in_executor(self.executor, self.stdin.readline, 1 << 16)
 
 
-def serve_tcp(server, host: str, port: int, token: str | None = None) -> None:
+def serve_tcp(server, host: str, port: int, token: str | None = None) -> int:
     """One LSP client over TCP. With a token, a connection that does not present it is answered 401 and
-    closed without touching the session; the server keeps listening for the right client."""
+    closed without touching the session; the server keeps listening for the right client. Returns the exit code."""
     server._stop_event = stop = threading.Event()
 
     async def connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -211,6 +215,9 @@ def serve_tcp(server, host: str, port: int, token: str | None = None) -> None:
         asyncio.run(listen())
     except (asyncio.CancelledError, KeyboardInterrupt):
         pass
+    except SystemExit as exc:  # pygls's `exit` handler
+        return exc.code if isinstance(exc.code, int) else 0
+    return 0
 
 
 async def _first_body(reader: asyncio.StreamReader, limit: int = 1 << 20) -> bytes | None:

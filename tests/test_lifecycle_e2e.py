@@ -124,3 +124,21 @@ def test_server_handles_a_captured_initialize_payload(tmp_path, fixture, tiny_mo
         assert peer.request("ghostls/explain", None)["result"]["last"]["prompt_tokens"] > 0
     finally:
         assert peer.close() == 0
+
+
+@pytest.mark.embedded
+@pytest.mark.parametrize("after_shutdown", [True, False])
+def test_exit_while_the_model_loads_ends_the_server_with_the_lsp_exit_code(tmp_path, embedded_model_dir,
+                                                                           after_shutdown):
+    """`exit` right after `initialized` (what `ghostls complete` on a secrets file does) comes while the model is
+    loading on its thread: the server still leaves at once, with 0 after `shutdown` and 1 without (LSP)."""
+    peer = WirePeer(tmp_path / "server.log")
+    try:
+        peer.initialize({"model": str(embedded_model_dir)}, wait_ready=False)
+        if after_shutdown:
+            assert "result" in peer.request("shutdown", None)
+        peer.notify("exit", None)
+        _wait_exit(peer.proc, EXIT_WITHIN_S)
+        assert peer.proc.returncode == (0 if after_shutdown else 1), peer.log()[-2000:]
+    finally:
+        peer.close()

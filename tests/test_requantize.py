@@ -111,3 +111,33 @@ def test_rewritten_model_computes_what_the_float_model_does(accuracy_level):
     # The weight that never was block-quantized loses a little (absmax int8), and no more.
     error = np.abs(got[2] - want[2]).max()
     assert 0 < error < 2e-2 * np.abs(want[2]).max()
+
+
+def test_q4_1_weights_that_read_the_same_input_share_one_matmulnbits():
+    """An MLP's gate and up projections: one 4-bit MatMulNBits, one offsets MatMul, one Add, then a Split that
+    gives each its own output, still exact; a Q4_1 weight reading another input keeps its own."""
+    rng = np.random.default_rng(3)
+    weights = [_q4_1_weight(rng), _q4_1_weight(rng)[:, :24].copy(), _q4_1_weight(rng)]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, None, K])
+    other = helper.make_tensor_value_info("other", TensorProto.FLOAT, [1, None, K])
+    outputs = [helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, None) for i in range(3)]
+    nodes = [helper.make_node("MatMul", ["x", "w0"], ["y0"], name="gate"),
+             helper.make_node("MatMul", ["x", "w1"], ["y1"], name="up"),
+             helper.make_node("MatMul", ["other", "w2"], ["y2"], name="elsewhere")]
+    inits = [numpy_helper.from_array(w, f"w{i}") for i, w in enumerate(weights)]
+    model = helper.make_model(helper.make_graph(nodes, "g", [x, other], outputs, inits),
+                              opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
+    feeds = {"x": rng.normal(size=(1, T, K)).astype(np.float32),
+             "other": rng.normal(size=(1, T, K)).astype(np.float32)}
+    want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
+
+    assert dict(rq.rewrite(model, accuracy_level=0)) == {"q4_1 exact": 3}
+    ops = [node.op_type for node in model.graph.node]
+    assert ops.count("MatMulNBits") == 2 and ops.count("MatMul") == 2 and ops.count("Add") == 2
+    assert ops.count("Split") == 1
+    fused = next(n for n in model.graph.node if n.op_type == "MatMulNBits" and n.input[0] == "x")
+    assert {a.name: a.i for a in fused.attribute}["N"] == N + 24
+    got = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
+    for have, expected in zip(got, want):
+        assert have.shape == expected.shape
+        np.testing.assert_allclose(have, expected, atol=1e-5 * np.abs(expected).max())

@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from ghostls import __version__
 
@@ -137,10 +138,24 @@ def _serve(args) -> int:
             print(f"ghostls: refusing to listen on {args.host} without a token: only loopback addresses "
                   f"(127.0.0.1, ::1) go without one; set ${TOKEN_ENV} or pass --token-file", file=sys.stderr)
             return EXIT_ERROR
-        wire.serve_tcp(server, args.host, args.tcp, token)
+        code = wire.serve_tcp(server, args.host, args.tcp, token)
     else:
-        wire.serve_stdio(server)
-    return 0
+        code = wire.serve_stdio(server)
+    _leave(code)
+
+
+def _leave(code: int) -> NoReturn:
+    """Ends the server process without Python's finalization. When `exit` comes while the model is still
+    loading, its thread is inside onnxruntime, and finalizing the interpreter around native code in flight can
+    wait forever on a lock that code holds (`ghostls complete` on a secrets file, which says `exit` right after
+    `initialized`, hung once in a test run). Every answer is written by now: logs and streams are flushed first."""
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # the client already closed the pipe
+            pass
+    os._exit(code)
 
 
 def _tcp_token(token_file: Path | None) -> str | None:
@@ -287,7 +302,7 @@ async def _ask_server(args, path: Path, text: str, line: int, character: int) ->
         client.exit(None)
     finally:
         bar.close()
-        await client.stop()
+        await _stop(client)
     items = answer.items if answer is not None else []
     last = getattr(explanation, "last", None)
     # The range the text replaces (empty: inserted at the cursor), 1-based like the command's own input;
@@ -306,6 +321,16 @@ async def _ask_server(args, path: Path, text: str, line: int, character: int) ->
         "provider": status.get("provider"),
         "model": status.get("model"),
     }
+
+
+async def _stop(client, grace_s: float = 30.0) -> None:
+    """pygls's `stop` waits for the server process without a limit: one still there `grace_s` after `exit` is
+    killed, so that a stuck server never leaves `ghostls complete` hanging once it has its answer."""
+    try:
+        await asyncio.wait_for(client.stop(), grace_s)
+    except asyncio.TimeoutError:
+        print(f"ghostls: the server did not exit within {grace_s:.0f}s of `exit`; stopped it", file=sys.stderr)
+        client._server.kill()
 
 
 def _plain(value):
