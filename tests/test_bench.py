@@ -105,3 +105,29 @@ def test_zero_points_benchmark_shows_float_zero_points_exact_and_integer_ones_no
     errors = {(kind.strip(), level.strip(), tokens.strip()): float(error) for kind, level, tokens, _, error in rows}
     assert all(e < 1e-4 for (kind, *_), e in errors.items() if kind.startswith("float"))
     assert all(e > 1e-3 for (kind, *_), e in errors.items() if kind.startswith("uint8"))
+
+
+def test_node_profile_profiles_a_prefill_chunk(tiny_model):
+    """--tokens: the same profile for a chunk of new tokens after the past ones (where a prefill's time goes)."""
+    import pathlib
+
+    script = pathlib.Path(__file__).resolve().parents[1] / "bench" / "node_profile.py"
+    proc = subprocess.run([sys.executable, str(script), str(tiny_model("qwen")), "--past", "16", "--tokens", "8",
+                           "--steps", "2"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "8 token(s) after 16" in proc.stdout
+
+
+def test_ab_models_pairs_the_runs_of_two_models(tiny_model):
+    """bench/ab_models.py, the ABBA timing behind session 6's graph edits: a model against itself decodes the
+    same greedy tokens, and every run is counted once."""
+    import pathlib
+
+    script = pathlib.Path(__file__).resolve().parents[1] / "bench" / "ab_models.py"
+    model = str(tiny_model("qwen"))
+    proc = subprocess.run([sys.executable, str(script), model, model, "--rounds", "2", "--prompt-tokens", "24",
+                           "--steps", "4"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    assert sum("(medians of 4 runs)" in line for line in lines) == 2
+    assert lines[-1].startswith("B / A, paired by round") and lines[-1].endswith("greedy tokens equal: True")
