@@ -109,19 +109,19 @@ def rewrite(model, accuracy_level: int = 4) -> Counter:
             block_sums[x] = f"{base}/output_0"
         return block_sums[x]
 
-    # Pass 1: which MatMuls have a block-quantizable weight, and which of those are Q4_1 blocks.
-    plans: dict[int, tuple] = {}  # node index -> (weight initializer, its blocks, (q, d, m) or None)
+    # Pass 1: which MatMuls have a block-quantizable weight, and which of those are Q4_1 blocks. Only the Q4_1
+    # blocks are kept (4-bit values as bytes): holding every weight's float32 blocks would double the peak memory.
+    plans: dict[int, tuple] = {}  # node index -> (weight initializer, (q, d, m) or None)
     for index, node in enumerate(graph.node):
         weight = inits.get(node.input[1]) if node.op_type == "MatMul" and len(node.input) == 2 else None
         if weight is None or len(weight.dims) != 2 or weight.dims[0] % BLOCK or weight.data_type != 1:
             continue
-        blocks = blocks_of(numpy_helper.to_array(weight))
-        plans[index] = (weight, blocks, recover_q4_1(blocks))
+        plans[index] = (weight, recover_q4_1(blocks_of(numpy_helper.to_array(weight))))
     # Q4_1 MatMuls that read the same input (an MLP's gate and up projections) become one MatMulNBits with their
     # outputs side by side, then a Split: one kernel call, one offsets MatMul and one Add instead of one each
     # (fewer small nodes a decode step; docs/benchmarks.md, session 6).
     groups: dict[tuple[str, int], list[int]] = {}
-    for index, (weight, _, q4) in plans.items():
+    for index, (weight, q4) in plans.items():
         if q4 is not None:
             groups.setdefault((graph.node[index].input[0], weight.dims[0]), []).append(index)
 
@@ -130,7 +130,7 @@ def rewrite(model, accuracy_level: int = 4) -> Counter:
         if index not in plans:
             new_nodes.append(node)
             continue
-        weight, blocks, q4 = plans[index]
+        weight, q4 = plans[index]
         k, n = weight.dims
         x = node.input[0]
         attrs = dict(K=k, block_size=BLOCK, accuracy_level=accuracy_level)
@@ -142,6 +142,7 @@ def rewrite(model, accuracy_level: int = 4) -> Counter:
             kinds["q4_1 exact"] += 1
         else:
             name, y = node.name or node.output[0], node.output[0]
+            blocks = blocks_of(numpy_helper.to_array(weight))
             q8 = recover_q8_0(blocks)
             kind = "q8_0 exact" if q8 is not None else "int8 absmax"
             q, d = q8 if q8 is not None else absmax_int8(blocks)
@@ -169,12 +170,12 @@ def rewrite(model, accuracy_level: int = 4) -> Counter:
 
 
 def _write_q4_1(group: list, block_sums: str, attrs: dict, nodes: list, inits: list) -> None:
-    """One MatMulNBits for the Q4_1 weights in `group` (MatMul node, weight, blocks, (q, d, m)), all reading the
+    """One MatMulNBits for the Q4_1 weights in `group` (MatMul node, weight, (q, d, m)), all reading the
     same input, plus the offsets MatMul and Add that make it exact; a Split gives each MatMul its own output."""
     from onnx import helper, numpy_helper
 
     packed, scales, zeros, offsets = [], [], [], []
-    for _, _, _, (q, d, m) in group:
+    for _, _, (q, d, m) in group:
         # The zero point nearest the block's real zero keeps the 4-bit part centred (d * (q - z) is the
         # weight within d/2), so the int8 activations of accuracy level 4 err on the weights, not on a bias.
         z = np.clip(np.rint(-m / np.where(d == 0, 1, d)), 0, 15).astype(np.uint8)
@@ -188,7 +189,7 @@ def _write_q4_1(group: list, block_sums: str, attrs: dict, nodes: list, inits: l
         name = f"{name}_and_{len(group) - 1}_more"
     base = weight.name if len(group) == 1 else f"{weight.name}_and_{len(group) - 1}_more"
     y = first.output[0] if len(group) == 1 else f"{name}/output_0"
-    widths = [w.dims[1] for _, w, _, _ in group]
+    widths = [w.dims[1] for _, w, _ in group]
     tensors = [numpy_helper.from_array(np.concatenate(packed), f"{base}_Q4"),
                numpy_helper.from_array(np.concatenate(scales), f"{base}_scales"),
                numpy_helper.from_array(np.concatenate(zeros).reshape(-1), f"{base}_zp"),

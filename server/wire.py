@@ -162,7 +162,7 @@ def serve_stdio(server) -> int:
     except KeyboardInterrupt:
         pass
     except SystemExit as exc:  # pygls's `exit` handler
-        code = exc.code if isinstance(exc.code, int) else 0
+        code = _exit_code(exc)
     finally:
         server.shutdown()
     return code
@@ -216,8 +216,12 @@ def serve_tcp(server, host: str, port: int, token: str | None = None) -> int:
     except (asyncio.CancelledError, KeyboardInterrupt):
         pass
     except SystemExit as exc:  # pygls's `exit` handler
-        return exc.code if isinstance(exc.code, int) else 0
+        return _exit_code(exc)
     return 0
+
+
+def _exit_code(exc: SystemExit) -> int:
+    return exc.code if isinstance(exc.code, int) else 0
 
 
 async def _first_body(reader: asyncio.StreamReader, limit: int = 1 << 20) -> bytes | None:
