@@ -354,7 +354,8 @@ def run_bench(args) -> dict:
     runs: dict[str, list[dict]] = {name: [] for name in engines}
     # Interleaved: every prompt goes through every engine before the next prompt, and the engine that goes
     # first turns from prompt to prompt: in session 6's A/B runs of two models in one process, whichever ran
-    # second was up to 10% quicker, in both orders; a fixed order would hand such an effect to one engine.
+    # second decoded 10-12% quicker in both orders of one pair of runs; a fixed order would hand such an effect
+    # to one engine.
     turn = 0
     for repeat in range(args.repeats):
         for size in sizes:
