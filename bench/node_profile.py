@@ -1,9 +1,9 @@
 """Where one decode step's time goes: onnxruntime's own profiler over a converted model, by operator type.
 
 Runs the model's ONNX graph directly (onnxruntime, not onnxruntime-genai) for one new token (or a prefill chunk of
---tokens) after a zeroed KV cache of --past tokens, --steps times, and prints per operator type the kernel time per token and the node count. The
-profiler adds its own cost to every node, so read the shares, not the milliseconds; the untimed steps/s line
-before it is the speed of the graph run this way. GroupQueryAttention's share is overstated here: fed as plain
+--tokens) after a zeroed KV cache of --past tokens, --steps times, and prints per operator type its share of the
+kernel time and the node count. The profiler adds its own cost to every node, so only the shares are printed; the
+untimed steps/s line before them is the speed of the graph run this way. GroupQueryAttention's share is overstated here: fed as plain
 inputs, the KV cache is copied into a new present tensor every step, where onnxruntime-genai shares one buffer.
 
     .venv/bin/python bench/node_profile.py .cache/ghostls/models/smollm2-135m-instruct-q4_1-native-cpu [--past 500]
