@@ -39,7 +39,7 @@ def main() -> int:
     parser.add_argument("--prompts", type=int, default=6)
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--context", type=int, default=900, help="prompt tokens (the tail of each file)")
-    parser.add_argument("--precisions", default="native,int8,int4",
+    parser.add_argument("--precisions", default="w8a8,native,int8,int4",
                         help="comma-separated precisions to measure against fp32")
     args = parser.parse_args()
 

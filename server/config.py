@@ -25,7 +25,7 @@ class Settings:
     # None: the embedded default model. Otherwise a converted model folder, a Hugging Face
     # checkpoint folder or a .gguf file (the latter two are converted on first use).
     model: str | None = None
-    precision: str = "auto"  # native for a .gguf (its own blocks, exactly), int8 for a checkpoint
+    precision: str = "auto"  # w8a8 for a .gguf (native, with int8 projections), int8 for a checkpoint
     provider: str = "auto"  # auto | cpu | cuda
     fim_template: str = "auto"  # auto, or a family name from inference.fim
     # Prompt tokens shared by context, prefix and suffix. On 2 CPU cores a cold 1,000-token prefill
@@ -74,7 +74,7 @@ _CAMEL = {f.name: "".join(w.capitalize() if i else w for i, w in enumerate(f.nam
           for f in fields(Settings)}
 _CHOICES = {
     "provider": ("auto", "cpu", "cuda"),
-    "precision": ("auto", "int8", "native", "int4", "fp16", "fp32"),
+    "precision": ("auto", "int8", "w8a8", "native", "int4", "fp16", "fp32"),
     "log_level": ("error", "warning", "info", "debug"),
 }
 _RANGES = {

@@ -203,7 +203,7 @@ def test_fish_completion_completes_subcommands_and_choices(tmp_path):
     result = subprocess.run(["fish", "--no-config", "-c", probe], capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stderr
     blocks = [[line.split("\t")[0] for line in block.strip().split("\n")] for block in result.stdout.split("==\n")]
-    assert blocks == [["model"], ["convert", "info", "list"], ["auto", "fp16", "fp32", "int4", "int8", "native"]]
+    assert blocks == [["model"], ["convert", "info", "list"], ["auto", "fp16", "fp32", "int4", "int8", "native", "w8a8"]]
 
 
 @pytest.mark.skipif(not shutil.which("zsh"), reason="zsh is not installed (make installs it where apt-get runs)")

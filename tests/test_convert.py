@@ -20,7 +20,14 @@ from ghostls.inference.cache import (
     read_manifest,
     validate_model_dir,
 )
-from ghostls.inference.convert import RECIPE, _Source, convert, convert_in_subprocess, model_folder_name
+from ghostls.inference.convert import (
+    RECIPE,
+    _Source,
+    convert,
+    convert_in_subprocess,
+    model_folder_name,
+    resolve_precision,
+)
 from ghostls.inference.fim import template_by_name
 
 # Each conversion costs about 10 s; these three cover ASCII, non-ASCII (full-width) and no FIM tokens.
@@ -71,6 +78,31 @@ def test_native_precision_of_a_checkpoint_that_never_was_a_gguf_is_block_int8(ti
     assert tiny_model("starcoder") != model_dir and read_manifest(tiny_model("starcoder")).weights == {}
     prompt = [1, 5, 9, 13, 17, 21]
     assert len(greedy_tokens(model_dir, prompt, 8)) == 8  # it loads and runs in ONNX Runtime GenAI
+
+
+def test_w8a8_takes_the_projections_after_norms_and_attention_and_the_model_runs(tiny_checkpoints,
+                                                                                  tmp_path) -> None:
+    import onnx
+
+    model_dir = convert(tiny_checkpoints["starcoder"], precision="w8a8", out_root=tmp_path)
+    manifest = validate_model_dir(model_dir)
+    assert model_dir.name == "starcoder-w8a8-cpu" and manifest.precision == "w8a8"
+    graph = onnx.load(str(model_dir / "model.onnx"), load_external_data=False).graph
+    layers = sum(node.op_type == "GroupQueryAttention" for node in graph.node)
+    # Per layer: q/k/v (one packed MatMul), o, gate and up; the down projection and the LM head keep blocks.
+    assert manifest.weights == {"w8a8": 4 * layers, "int8 absmax": layers + 1}
+    assert sum(node.op_type == "MatMulInteger" for node in graph.node) == 3 * layers  # gate and up share one
+    assert not (model_dir / "model.calibration.onnx").exists()
+    prompt = [1, 5, 9, 13, 17, 21]
+    assert len(greedy_tokens(model_dir, prompt, 8)) == 8
+
+
+def test_auto_precision_is_w8a8_for_a_gguf_on_the_cpu_only() -> None:
+    assert resolve_precision("auto", is_gguf=True) == "w8a8"
+    assert resolve_precision("auto", is_gguf=True, execution_provider="cuda") == "native"
+    assert resolve_precision("auto", is_gguf=False) == "int8"
+    with pytest.raises(ModelError, match="CPU only"):
+        resolve_precision("w8a8", is_gguf=True, execution_provider="cuda")
 
 
 def test_second_call_returns_cached_model(tiny_model: Callable[[str], Path], tiny_checkpoints, tiny_models_root) -> None:
@@ -248,7 +280,7 @@ def test_embedded_model_converts_and_generates(embedded_model_dir: Path) -> None
 
     manifest = validate_model_dir(embedded_model_dir)
     assert manifest.fim_family == "prefix_only"
-    assert manifest.precision == "native"
+    assert manifest.precision == "w8a8"
     assert "<|endoftext|>" in manifest.stop
 
     model = og.Model(str(embedded_model_dir))

@@ -52,12 +52,13 @@ def test_cli_completes_the_sample_with_code_that_parses(embedded_model_dir):
     assert _error_count(merged) == 0, merged
 
 
-def test_the_embedded_model_keeps_every_gguf_block_exactly(embedded_model_dir):
-    # SmolLM2's GGUF holds Q4_1 layers and a Q8_0 token embedding (the tied LM head): all found again bit for
-    # bit (inference/requantize.py checks each block), none re-quantized.
+def test_the_embedded_model_keeps_the_gguf_blocks_w8a8_does_not_take_exactly(embedded_model_dir):
+    # SmolLM2's GGUF holds Q4_1 layers and a Q8_0 token embedding (the tied LM head). W8A8 takes the four
+    # projections after a norm or attention in each of the 30 layers; the down projections' Q4_1 blocks and the
+    # Q8_0 head are found again bit for bit (inference/requantize.py checks each block), none re-quantized.
     manifest = read_manifest(embedded_model_dir)
-    assert manifest.precision == "native"
-    assert manifest.weights == {"q4_1 exact": 150, "q8_0 exact": 1}
+    assert manifest.precision == "w8a8"
+    assert manifest.weights == {"w8a8": 120, "q4_1 exact": 30, "q8_0 exact": 1}
 
 
 @pytest_lsp.fixture(config=ClientServerConfig(server_command=SERVER))

@@ -141,3 +141,89 @@ def test_q4_1_weights_that_read_the_same_input_share_one_matmulnbits():
     for have, expected in zip(got, want):
         assert have.shape == expected.shape
         np.testing.assert_allclose(have, expected, atol=1e-5 * np.abs(expected).max())
+
+
+def _norm_then_matmuls(weights: list[np.ndarray], gamma: np.ndarray, lm_head_reads: str = "final"):
+    """x -> an RMS norm (weight gamma) read by two projections (outputs y0, y1, through an Identity each, as in
+    a decoder); x -> a final norm read by an LM head whose output is the graph's `logits` (or the LM head reads
+    the first norm, `lm_head_reads="normed"`); `other`, an input no norm produced, read by a fourth MatMul."""
+    inputs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, None, K]) for name in ("x", "other")]
+    outputs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, None) for name in ("y0", "y1", "logits", "y3")]
+    inits = [numpy_helper.from_array(w, f"w{i}") for i, w in enumerate(weights)]
+    inits += [numpy_helper.from_array(gamma, "gamma"), numpy_helper.from_array(np.ones(K, np.float32), "gamma2")]
+    nodes = [helper.make_node("SimplifiedLayerNormalization", ["x", "gamma"], ["normed"], axis=-1, epsilon=1e-5),
+             helper.make_node("SimplifiedLayerNormalization", ["x", "gamma2"], ["final"], axis=-1, epsilon=1e-5),
+             helper.make_node("MatMul", ["normed", "w0"], ["p0"], name="q"),
+             helper.make_node("MatMul", ["normed", "w1"], ["p1"], name="k"),
+             helper.make_node("Identity", ["p0"], ["y0"]),
+             helper.make_node("Identity", ["p1"], ["y1"]),
+             helper.make_node("MatMul", [lm_head_reads, "w2"], ["logits"], name="lm_head"),
+             helper.make_node("MatMul", ["other", "w3"], ["y3"], name="elsewhere")]
+    return helper.make_model(helper.make_graph(nodes, "g", inputs, outputs, inits),
+                             opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
+
+
+def _w8a8_error(smoothed: bool) -> tuple[float, list, dict]:
+    """The W8A8 rewrite of `_norm_then_matmuls`, with or without smoothing: its largest error on the two
+    projections (relative to their largest output), its node types and the kinds it reports."""
+    rng = np.random.default_rng(4)
+    weights = [_q4_1_weight(rng), rng.normal(0, 0.05, (K, N)).astype(np.float32), _q4_1_weight(rng),
+               _q4_1_weight(rng)]
+    gamma = np.ones(K, np.float32)
+    gamma[[3, 50]] = 100.0  # two outlier channels, as small LLMs have: they set every token's int8 scale
+    model = _norm_then_matmuls(weights, gamma)
+    feeds = {"x": rng.normal(size=(1, T, K)).astype(np.float32), "other": rng.normal(size=(1, T, K)).astype(np.float32)}
+    want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
+
+    sources = rq.w8a8_inputs(model)
+    assert sources == {"normed": "gamma"}  # not `other`, which no norm or attention produced
+    normed = _run_with_output(model, "normed", feeds)
+    maxima = {"normed": np.abs(normed).reshape(-1, K).max(axis=0)}
+    factors = rq.smooth(model, sources, maxima) if smoothed else {"normed": None}
+    kinds = rq.rewrite(model, accuracy_level=4, w8a8=factors)
+    got = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
+    # What W8A8 does not take stays as it was: the LM head and the other input's MatMul (Q4_1, exact at
+    # accuracy level 4 but for the int8 activations)
+    for index in (2, 3):
+        np.testing.assert_allclose(got[index], want[index], atol=2e-2 * np.abs(want[index]).max())
+    error = max(np.abs(got[i] - want[i]).max() / np.abs(want[i]).max() for i in (0, 1))
+    return error, [node.op_type for node in model.graph.node], dict(kinds)
+
+
+def _run_with_output(model, name: str, feeds: dict) -> np.ndarray:
+    probe = helper.make_model(model.graph, opset_imports=model.opset_import, ir_version=model.ir_version)
+    probe.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
+    return ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"]).run([name], feeds)[0]
+
+
+def test_w8a8_projections_after_a_norm_share_one_matmulinteger_and_stay_close_to_float():
+    error, ops, kinds = _w8a8_error(smoothed=True)
+    assert kinds == {"w8a8": 2, "q4_1 exact": 2}
+    assert ops.count("MatMulInteger") == 1 and ops.count("QuantizeLinear") == 1 and ops.count("Split") == 1
+    assert ops.count("MatMulNBits") == 2  # the LM head and the other input's MatMul
+    assert error < 0.02, error
+
+
+def test_smoothing_folded_into_the_norm_is_what_keeps_w8a8_close_with_outlier_channels():
+    smoothed, _, _ = _w8a8_error(smoothed=True)
+    plain, _, _ = _w8a8_error(smoothed=False)
+    # Without smoothing the two outlier channels set every token's scale and the others lose their bits.
+    assert smoothed * 2 < plain, (smoothed, plain)
+
+
+def test_smoothing_divides_the_norm_weight_and_nothing_where_there_is_no_norm_weight():
+    rng = np.random.default_rng(5)
+    model = _norm_then_matmuls([_q4_1_weight(rng) for _ in range(4)], np.full(K, 2.0, np.float32))
+    maxima = {"normed": np.linspace(0.5, 8.0, K).astype(np.float32)}
+    factors = rq.smooth(model, {"normed": "gamma", "attention": None}, maxima)
+    assert factors["attention"] is None
+    gamma = numpy_helper.to_array(next(i for i in model.graph.initializer if i.name == "gamma"))
+    np.testing.assert_allclose(gamma * factors["normed"], 2.0, rtol=1e-6)
+    assert factors["normed"][-1] > factors["normed"][0]  # larger activations, larger factor
+
+
+def test_a_norm_output_also_read_by_a_matmul_w8a8_does_not_take_is_not_smoothed():
+    # The LM head reads the projections' norm here: dividing that norm's output would change the logits.
+    rng = np.random.default_rng(6)
+    model = _norm_then_matmuls([_q4_1_weight(rng) for _ in range(4)], np.ones(K, np.float32), lm_head_reads="normed")
+    assert rq.w8a8_inputs(model) == {"normed": None}

@@ -92,9 +92,12 @@ def _parser() -> argparse.ArgumentParser:
     model_sub = model.add_subparsers(metavar="ACTION")
     convert = model_sub.add_parser("convert", help="convert a Hugging Face folder or a .gguf file to ONNX")
     convert.add_argument("source", nargs="?", help="checkpoint folder or .gguf file (default: the embedded model)")
-    convert.add_argument("--precision", default="auto", choices=["auto", "int8", "native", "int4", "fp16", "fp32"],
+    convert.add_argument("--precision", default="auto", choices=["auto", "int8", "w8a8", "native", "int4", "fp16",
+                                                                  "fp32"],
                          help="weight precision of the ONNX model (native: a GGUF file's own 4/8-bit blocks, "
-                              "kept exactly; auto: native for a .gguf, int8 for a checkpoint)")
+                              "kept exactly; w8a8: native with the projections after a norm or attention as "
+                              "int8 against int8 activations, CPU only; auto: w8a8 for a .gguf on the CPU, "
+                              "native on CUDA, int8 for a checkpoint)")
     convert.add_argument("--provider", default="cpu", choices=["cpu", "cuda"], help="execution provider it is built for")
     convert.add_argument("--force", action="store_true", help="convert again even if the cache has it")
     convert.set_defaults(func=_model_convert)
