@@ -18,11 +18,12 @@ Each found block is checked value by value (`d * q + m` must give back every flo
 weight is only called exact when it is.
 
 Precision "w8a8" trades that exactness, where it is cheap, for speed: the MatMuls that read an RMS norm's output
-(attention's q/k/v, the MLP's gate/up) or attention's output (o) become MatMulInteger, int8 weights per output
-column against int8 activations scaled per token. onnxruntime's u8s8 GEMM prefills these about twice as fast as
-MatMulNBits on a CPU without VNNI, and one node replaces the 4-bit kernel, its offsets MatMul and Add. Per-token
-scales alone lose small models (a few input channels are much larger than the rest), so the channels are first
-evened out, SmoothQuant-style: x / s into the norm's weight, W * s into the MatMul's, with s from the activation
+(attention's q/k/v, the MLP's gate/up) or attention's output (o) become int8 weights per output column against
+int8 activations: one scale for a norm's output (DynamicQuantizeMatMul: the norm bounds each token's row), one per
+token for attention's (MatMulIntegerToFloat). onnxruntime's u8s8 GEMM prefills these about twice as fast as MatMulNBits
+on a CPU without VNNI, and one node replaces the 4-bit kernel, its offsets MatMul and Add. int8 activations alone
+lose small models (a few input channels are much larger than the rest), so the channels are first evened out,
+SmoothQuant-style: x / s into the norm's weight, W * s into the MatMul's, with s from the activation
 maxima of one calibration pass (`activation_maxima`, `smooth`). The MLP's down projection, whose input no norm
 precedes and whose per-token error was the largest measured, keeps its blocks (docs/benchmarks.md, session 7).
 """
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +45,17 @@ RMS_NORMS = {"SimplifiedLayerNormalization": 1, "SkipSimplifiedLayerNormalizatio
 # embedded model among 0.5-0.85 (session 7): 0.6 gave the most leading greedy tokens and the smallest worst KL.
 SMOOTHING_ALPHA = 0.6
 W8A8 = "w8a8"  # `rewrite`'s mark for a MatMul that becomes W8A8
+
+
+@dataclass(frozen=True)
+class W8A8Input:
+    """A MatMul input whose readers W8A8 takes."""
+
+    norm_weight: str | None  # the norm weight its smoothing folds into; None: not smoothed
+    # An RMS norm's output: one int8 scale for all its tokens (DynamicQuantizeMatMul, a single node). The norm
+    # bounds each token's row, so that costs little (session 7: last-position KL 0.0032 against 0.0030 per
+    # token) and a decode step 10% less; attention's output has no such bound and is scaled per token.
+    per_tensor: bool
 
 
 def blocks_of(weight_kn: np.ndarray) -> np.ndarray:
@@ -99,12 +112,14 @@ def pack_4bit(values: np.ndarray) -> np.ndarray:
     return (values[..., 0::2] | (values[..., 1::2] << 4)).astype(np.uint8)
 
 
-def rewrite(model, accuracy_level: int = 4, w8a8: dict[str, np.ndarray | None] | None = None) -> Counter:
+def rewrite(model, accuracy_level: int = 4, w8a8: dict[str, np.ndarray | None] | None = None,
+            per_tensor: frozenset[str] = frozenset()) -> Counter:
     """Rewrite `model` (an onnx.ModelProto with its weights loaded) in place. Returns how many MatMul weights
     became each kind ("q4_1 exact", "q8_0 exact", "int8 absmax", "w8a8"): the converter writes it into the
     manifest. `w8a8` maps MatMul inputs to their smoothing factors (or None): the MatMuls reading them become
     W8A8 (module docstring), their weights' rows multiplied by the factors, which the caller has already folded
-    into whatever produces the input (`smooth`)."""
+    into whatever produces the input (`smooth`); those in `per_tensor` get one activation scale for all their
+    tokens, the others one per token."""
     from onnx import helper, numpy_helper
 
     kinds: Counter = Counter()
@@ -144,7 +159,7 @@ def rewrite(model, accuracy_level: int = 4, w8a8: dict[str, np.ndarray | None] |
     # Q4_1 MatMuls that read the same input (an MLP's gate and up projections) become one MatMulNBits with their
     # outputs side by side, then a Split: one kernel call, one offsets MatMul and one Add instead of one each
     # (fewer small nodes a decode step; docs/benchmarks.md, session 6).
-    # W8A8 MatMuls that read the same input are grouped the same way, into one MatMulInteger.
+    # W8A8 MatMuls that read the same input are grouped the same way, into one quantized MatMul.
     groups: dict[tuple[str, int, bool], list[int]] = {}
     for index, (weight, q4) in plans.items():
         if q4 is not None:
@@ -164,7 +179,9 @@ def rewrite(model, accuracy_level: int = 4, w8a8: dict[str, np.ndarray | None] |
             members = groups[(x, k, True)]
             if index == members[0]:
                 group = [(graph.node[i], plans[i][0]) for i in members]
-                rows = per_token.get(x) or per_token.setdefault(x, _quantize_per_token(x, new_nodes, new_inits))
+                rows = None
+                if x not in per_tensor:
+                    rows = per_token.get(x) or per_token.setdefault(x, _quantize_per_token(x, new_nodes, new_inits))
                 _write_w8a8(group, w8a8[x], rows, new_nodes, new_inits)
             kinds["w8a8"] += 1
         elif q4 is not None:
@@ -237,11 +254,12 @@ def _quantize_per_token(x: str, nodes: list, inits: list) -> tuple[str, str, str
     return f"{base}/rows", f"{base}/amax", zero.name
 
 
-def _write_w8a8(group: list, smoothing: np.ndarray | None, rows: tuple[str, str, str], nodes: list,
+def _write_w8a8(group: list, smoothing: np.ndarray | None, rows: tuple[str, str, str] | None, nodes: list,
                 inits: list) -> None:
-    """One MatMulInteger for the weights in `group` (MatMul node, weight), all reading the same per-token
-    quantized input: int8 per output column of W * smoothing, then the int32 sums scaled back to float."""
-    from onnx import TensorProto, helper, numpy_helper
+    """One quantized MatMul for the weights in `group` (MatMul node, weight), all reading the same input, as
+    int8 per output column of W * smoothing: with `rows` (the input quantized per token) a MatMulIntegerToFloat
+    and a Mul by the rows' scales; without, a DynamicQuantizeMatMul (one scale for the whole input)."""
+    from onnx import helper, numpy_helper
 
     weight = np.concatenate([numpy_helper.to_array(w) for _, w in group], axis=1).astype(np.float32)
     if smoothing is not None:
@@ -255,19 +273,14 @@ def _write_w8a8(group: list, smoothing: np.ndarray | None, rows: tuple[str, str,
     if len(group) > 1:
         name = f"{name}_and_{len(group) - 1}_more"
     stored = numpy_helper.from_array(q, f"{base}_W8")
-    # y = sum((xq - 128) * q) * (amax_row / 127) * (column_max / 127): the row's factor is computed, the
-    # column's stored.
-    scales = numpy_helper.from_array((column_max / 127**2).astype(np.float32), f"{base}_W8_scales")
-    inits.extend([stored, scales])
-    x_rows, row_max, zero = rows
     y = first.output[0] if len(group) == 1 else f"{name}/output_0"
-    nodes.append(helper.make_node("MatMulInteger", [x_rows, stored.name, zero], [f"{y}/ghostls_int32"],
-                                  name=f"{name}_W8A8"))
-    nodes.append(helper.make_node("Cast", [f"{y}/ghostls_int32"], [f"{y}/ghostls_sums"], name=f"{name}_Cast",
-                                  to=TensorProto.FLOAT))
-    nodes.append(helper.make_node("Mul", [f"{y}/ghostls_sums", row_max], [f"{y}/ghostls_rows"],
-                                  name=f"{name}_row_scales"))
-    nodes.append(helper.make_node("Mul", [f"{y}/ghostls_rows", scales.name], [y], name=f"{name}_column_scales"))
+    if rows is None:
+        scales = numpy_helper.from_array((column_max / 127).astype(np.float32), f"{base}_W8_scales")
+        inits.extend([stored, scales])
+        nodes.append(helper.make_node("DynamicQuantizeMatMul", [first.input[0], stored.name, scales.name], [y],
+                                      name=f"{name}_W8A8", domain=MS_DOMAIN))
+    else:
+        _write_per_token_matmul(name, y, stored, column_max, rows, nodes, inits)
     if len(group) > 1:
         widths = [w.dims[1] for _, w in group]
         split = numpy_helper.from_array(np.array(widths, np.int64), f"{base}_split")
@@ -276,22 +289,38 @@ def _write_w8a8(group: list, smoothing: np.ndarray | None, rows: tuple[str, str,
                                       name=f"{name}_split", axis=-1))
 
 
-def w8a8_inputs(model) -> dict[str, str | None]:
-    """The MatMul inputs whose weights W8A8 takes, each with the norm weight its smoothing folds into: an RMS
-    norm's output (its gamma, used by that norm alone, the output read by W8A8's MatMuls alone) or attention's
-    output (None: nothing to fold into)."""
+def _write_per_token_matmul(name: str, y: str, stored, column_max: np.ndarray, rows: tuple[str, str, str],
+                            nodes: list, inits: list) -> None:
+    from onnx import helper, numpy_helper
+
+    # y = sum((xq - 128) * q) * (column_max / 127) * (amax_row / 127): MatMulIntegerToFloat applies the stored
+    # column factor (its A scale is 1: it takes no per-row one), a Mul the row's. One node fewer than
+    # MatMulInteger, Cast and two Muls, 30 a step: decode 7% quicker (session 7).
+    scales = numpy_helper.from_array((column_max / 127**2).astype(np.float32), f"{stored.name}_scales")
+    one = numpy_helper.from_array(np.array(1.0, np.float32), f"{stored.name}_one")
+    inits.extend([stored, scales, one])
+    x_rows, row_max, zero = rows
+    nodes.append(helper.make_node("MatMulIntegerToFloat", [x_rows, stored.name, one.name, scales.name, zero],
+                                  [f"{y}/ghostls_columns"], name=f"{name}_W8A8", domain=MS_DOMAIN))
+    nodes.append(helper.make_node("Mul", [f"{y}/ghostls_columns", row_max], [y], name=f"{name}_row_scales"))
+
+
+def w8a8_inputs(model) -> dict[str, W8A8Input]:
+    """The MatMul inputs whose weights W8A8 takes: an RMS norm's output (smoothed into the norm's gamma where
+    that gamma is the norm's alone and the output is read by W8A8's MatMuls alone) or attention's output."""
     graph = model.graph
     inits = {init.name: init for init in graph.initializer}
     readers = Counter(name for node in graph.node for name in node.input)
-    sources: dict[str, str | None] = {}
+    sources: dict[str, W8A8Input] = {}
     for node in graph.node:
         gamma = RMS_NORMS.get(node.op_type)
         if gamma is not None and len(node.input) > gamma and node.input[gamma] in inits:
-            sources[node.output[0]] = node.input[gamma] if readers[node.input[gamma]] == 1 else None
+            own = node.input[gamma] if readers[node.input[gamma]] == 1 else None
+            sources[node.output[0]] = W8A8Input(own, per_tensor=True)
         elif node.op_type == "GroupQueryAttention":
-            sources[node.output[0]] = None
+            sources[node.output[0]] = W8A8Input(None, per_tensor=False)
     outputs = {output.name for output in graph.output}
-    taken: dict[str, str | None] = {}
+    taken: dict[str, W8A8Input] = {}
     others: set[str] = set()  # inputs also read by something W8A8 does not take: not smoothed
     for node in graph.node:
         for x in node.input:
@@ -302,7 +331,7 @@ def w8a8_inputs(model) -> dict[str, str | None]:
             else:
                 others.add(x)
     # Smoothing divides the input itself: every reader must be a MatMul whose weight takes the factors back.
-    return {x: (None if x in others else gamma) for x, gamma in taken.items()}
+    return {x: (W8A8Input(None, source.per_tensor) if x in others else source) for x, source in taken.items()}
 
 
 def activation_maxima(model_file: Path, inputs: list[str], token_batches: list[list[int]],
@@ -351,7 +380,7 @@ def _prompt_feeds(session, ids: list[int], head_size: int) -> dict[str, np.ndarr
     return feeds
 
 
-def smooth(model, sources: dict[str, str | None], maxima: dict[str, np.ndarray],
+def smooth(model, sources: dict[str, W8A8Input], maxima: dict[str, np.ndarray],
            alpha: float = SMOOTHING_ALPHA) -> dict[str, np.ndarray | None]:
     """SmoothQuant's factors for each W8A8 input that has a norm weight to fold into: s per channel, the norm
     weight divided by s (in place), so the input arrives divided by s; `rewrite` multiplies the weights by s.
@@ -361,7 +390,8 @@ def smooth(model, sources: dict[str, str | None], maxima: dict[str, np.ndarray],
     graph = model.graph
     inits = {init.name: init for init in graph.initializer}
     factors: dict[str, np.ndarray | None] = {}
-    for x, gamma in sources.items():
+    for x, source in sources.items():
+        gamma = source.norm_weight
         if gamma is None or x not in maxima:
             factors[x] = None
             continue
@@ -460,11 +490,12 @@ def rewrite_file(src: Path, dest: Path, data_name: str, accuracy_level: int = 4,
     import onnx
 
     model = onnx.load(str(src))
-    factors = None
+    factors, per_tensor = None, frozenset()
     if calibration is not None:
         sources = w8a8_inputs(model)
         factors = smooth(model, sources, activation_maxima(src, sorted(sources), calibration, head_size))
-    kinds = rewrite(model, accuracy_level, w8a8=factors)
+        per_tensor = frozenset(x for x, source in sources.items() if source.per_tensor)
+    kinds = rewrite(model, accuracy_level, w8a8=factors, per_tensor=per_tensor)
     onnx.save_model(model, str(dest), save_as_external_data=True, all_tensors_to_one_file=True,
                     location=data_name, size_threshold=1024)
     return kinds

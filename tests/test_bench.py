@@ -131,3 +131,22 @@ def test_ab_models_pairs_the_runs_of_two_models(tiny_model):
     lines = proc.stdout.splitlines()
     assert sum("(medians of 4 runs)" in line for line in lines) == 2
     assert lines[-1].startswith("B / A, paired by round") and lines[-1].endswith("greedy tokens equal: True")
+
+
+def test_logits_kl_finds_a_model_identical_to_its_reference_and_another_one_not(tiny_model, tiny_checkpoints,
+                                                                                 tmp_path):
+    """bench/logits_kl.py, the measurement behind precision w8a8: zero divergence from itself, some from int4."""
+    import pathlib
+
+    from ghostls.inference.convert import convert
+
+    script = pathlib.Path(__file__).resolve().parents[1] / "bench" / "logits_kl.py"
+    reference = tiny_model("qwen")
+    other = convert(tiny_checkpoints["qwen"], precision="int4", out_root=tmp_path)
+    proc = subprocess.run([sys.executable, str(script), str(reference), str(reference), str(other),
+                           "--contexts", "16,24", "--tokens", "4"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {line.split("|")[1].strip(): line.split("|")[2:-1] for line in proc.stdout.splitlines()
+            if line.startswith("| ") and "KL" not in line}
+    assert float(rows[reference.name][0]) == 0 and rows[reference.name][3].strip() == "12/12"
+    assert float(rows[other.name][1]) > 0

@@ -163,9 +163,10 @@ def _norm_then_matmuls(weights: list[np.ndarray], gamma: np.ndarray, lm_head_rea
                              opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
 
 
-def _w8a8_error(smoothed: bool) -> tuple[float, list, dict]:
-    """The W8A8 rewrite of `_norm_then_matmuls`, with or without smoothing: its largest error on the two
-    projections (relative to their largest output), its node types and the kinds it reports."""
+def _w8a8_error(smoothed: bool, per_tensor: bool = True) -> tuple[float, list, dict]:
+    """The W8A8 rewrite of `_norm_then_matmuls`, with or without smoothing, the norm's output quantized per
+    tensor or per token: its largest error on the two projections (relative to their largest output), its node
+    types and the kinds it reports."""
     rng = np.random.default_rng(4)
     weights = [_q4_1_weight(rng), rng.normal(0, 0.05, (K, N)).astype(np.float32), _q4_1_weight(rng),
                _q4_1_weight(rng)]
@@ -176,11 +177,11 @@ def _w8a8_error(smoothed: bool) -> tuple[float, list, dict]:
     want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
 
     sources = rq.w8a8_inputs(model)
-    assert sources == {"normed": "gamma"}  # not `other`, which no norm or attention produced
+    assert sources == {"normed": rq.W8A8Input("gamma", per_tensor=True)}  # not `other`: no norm produced it
     normed = _run_with_output(model, "normed", feeds)
     maxima = {"normed": np.abs(normed).reshape(-1, K).max(axis=0)}
     factors = rq.smooth(model, sources, maxima) if smoothed else {"normed": None}
-    kinds = rq.rewrite(model, accuracy_level=4, w8a8=factors)
+    kinds = rq.rewrite(model, accuracy_level=4, w8a8=factors, per_tensor=frozenset({"normed"} if per_tensor else ()))
     got = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
     # What W8A8 does not take stays as it was: the LM head and the other input's MatMul (Q4_1, exact at
     # accuracy level 4 but for the int8 activations)
@@ -196,17 +197,23 @@ def _run_with_output(model, name: str, feeds: dict) -> np.ndarray:
     return ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"]).run([name], feeds)[0]
 
 
-def test_w8a8_projections_after_a_norm_share_one_matmulinteger_and_stay_close_to_float():
-    error, ops, kinds = _w8a8_error(smoothed=True)
+@pytest.mark.parametrize("per_tensor", [True, False])
+def test_w8a8_projections_after_a_norm_share_one_quantized_matmul_and_stay_close_to_float(per_tensor):
+    error, ops, kinds = _w8a8_error(smoothed=True, per_tensor=per_tensor)
     assert kinds == {"w8a8": 2, "q4_1 exact": 2}
-    assert ops.count("MatMulInteger") == 1 and ops.count("QuantizeLinear") == 1 and ops.count("Split") == 1
+    if per_tensor:  # one node quantizes the input and multiplies
+        assert ops.count("DynamicQuantizeMatMul") == 1 and "MatMulIntegerToFloat" not in ops
+    else:  # the input quantized per token by its own nodes, then one integer MatMul for both weights
+        assert ops.count("MatMulIntegerToFloat") == 1 and ops.count("QuantizeLinear") == 1
+    assert ops.count("Split") == 1
     assert ops.count("MatMulNBits") == 2  # the LM head and the other input's MatMul
     assert error < 0.02, error
 
 
-def test_smoothing_folded_into_the_norm_is_what_keeps_w8a8_close_with_outlier_channels():
-    smoothed, _, _ = _w8a8_error(smoothed=True)
-    plain, _, _ = _w8a8_error(smoothed=False)
+@pytest.mark.parametrize("per_tensor", [True, False])
+def test_smoothing_folded_into_the_norm_is_what_keeps_w8a8_close_with_outlier_channels(per_tensor):
+    smoothed, _, _ = _w8a8_error(smoothed=True, per_tensor=per_tensor)
+    plain, _, _ = _w8a8_error(smoothed=False, per_tensor=per_tensor)
     # Without smoothing the two outlier channels set every token's scale and the others lose their bits.
     assert smoothed * 2 < plain, (smoothed, plain)
 
@@ -215,7 +222,8 @@ def test_smoothing_divides_the_norm_weight_and_nothing_where_there_is_no_norm_we
     rng = np.random.default_rng(5)
     model = _norm_then_matmuls([_q4_1_weight(rng) for _ in range(4)], np.full(K, 2.0, np.float32))
     maxima = {"normed": np.linspace(0.5, 8.0, K).astype(np.float32)}
-    factors = rq.smooth(model, {"normed": "gamma", "attention": None}, maxima)
+    factors = rq.smooth(model, {"normed": rq.W8A8Input("gamma", True), "attention": rq.W8A8Input(None, False)},
+                        maxima)
     assert factors["attention"] is None
     gamma = numpy_helper.to_array(next(i for i in model.graph.initializer if i.name == "gamma"))
     np.testing.assert_allclose(gamma * factors["normed"], 2.0, rtol=1e-6)
@@ -226,4 +234,4 @@ def test_a_norm_output_also_read_by_a_matmul_w8a8_does_not_take_is_not_smoothed(
     # The LM head reads the projections' norm here: dividing that norm's output would change the logits.
     rng = np.random.default_rng(6)
     model = _norm_then_matmuls([_q4_1_weight(rng) for _ in range(4)], np.ones(K, np.float32), lm_head_reads="normed")
-    assert rq.w8a8_inputs(model) == {"normed": None}
+    assert rq.w8a8_inputs(model) == {"normed": rq.W8A8Input(None, per_tensor=True)}
