@@ -22,7 +22,8 @@ import time
 from pathlib import Path
 
 
-def _load(folder: Path, threads: int):
+def load_model(folder: Path, threads: int):
+    """An onnxruntime-genai model on the CPU with `threads` intra-op threads (what the Engine sets)."""
     import onnxruntime_genai as og
 
     config = og.Config(str(folder))
@@ -60,7 +61,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     args = parser.parse_args()
 
-    models = [_load(args.model_a, args.threads), _load(args.model_b, args.threads)]
+    models = [load_model(args.model_a, args.threads), load_model(args.model_b, args.threads)]
     tokenizer = Tokenizer.from_file(str(args.model_a / "tokenizer.json"))
     ids = tokenizer.encode(Path(inspect.getfile(argparse)).read_text()).ids[:args.prompt_tokens]
     prefill: list[list[float]] = [[], []]

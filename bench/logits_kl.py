@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import statistics
 import sys
 from pathlib import Path
 
 import numpy as np
+
+from ghostls.bench.ab_models import load_model
 
 # Two sets of six modules, so that a choice made on one can be checked on the other.
 PROMPT_SETS = {
@@ -33,15 +34,6 @@ def _texts(prompt_set: str) -> list[str]:
         cut = source.find("\n", len(source) * 2 // 3)
         texts.append(source[:cut + 1])
     return texts
-
-
-def _load(folder: Path, threads: int):
-    import onnxruntime_genai as og
-
-    config = og.Config(str(folder))
-    config.clear_providers()
-    config.overlay(json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": threads}}}}))
-    return og.Model(config)
 
 
 def _run(model, prompts: list[list[int]], tokens: int) -> list[tuple[np.ndarray, list[int]]]:
@@ -84,7 +76,7 @@ def main() -> int:
     prompts = [ids[-context:] for context in contexts for ids in encoded]
     results = {}
     for folder in (args.reference, *args.models):
-        model = _load(folder, args.threads)
+        model = load_model(folder, args.threads)
         results[folder] = _run(model, prompts, args.tokens)
         del model
 

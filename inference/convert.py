@@ -292,26 +292,25 @@ def _requantize(fp32: Path, out: Path, report: Progress, calibrate: bool = False
     for f in fp32.iterdir():
         if f.is_file() and f.name not in (MODEL_FILE, MODEL_DATA_FILE):
             shutil.copy2(f, out / f.name)
-    prompts = _calibration_prompts(fp32) if calibrate else None
-    head_size = json.loads((fp32 / GENAI_CONFIG).read_text(encoding="utf-8"))["model"]["decoder"]["head_size"]
-    try:
-        kinds = rewrite_file(fp32 / MODEL_FILE, out / MODEL_FILE, MODEL_DATA_FILE, calibration=prompts,
-                             head_size=head_size)
-    except ValueError as e:  # a decoder whose inputs the calibration pass cannot feed
-        raise ModelError(f"cannot convert to w8a8: {e}; use precision native") from e
+    prompts, head_size = None, 0
+    if calibrate:
+        config = json.loads((fp32 / GENAI_CONFIG).read_text(encoding="utf-8"))["model"]
+        prompts = _calibration_prompts(fp32 / "tokenizer.json", config.get("context_length"))
+        head_size = config["decoder"]["head_size"]
+    kinds = rewrite_file(fp32 / MODEL_FILE, out / MODEL_FILE, MODEL_DATA_FILE, calibration=prompts,
+                         head_size=head_size)
     report("requantizing", 1.0)
     return dict(kinds)
 
 
-def _calibration_prompts(model_dir: Path) -> list[list[int]]:
+def _calibration_prompts(tokenizer_file: Path, context_length: int | None) -> list[list[int]]:
     """Token ids of the calibration prompts, no longer than the model's context."""
     import importlib
 
     from tokenizers import Tokenizer
 
-    tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
-    config = json.loads((model_dir / GENAI_CONFIG).read_text(encoding="utf-8"))
-    length = min(_CALIBRATION_TOKENS, int(config["model"].get("context_length") or _CALIBRATION_TOKENS))
+    tokenizer = Tokenizer.from_file(str(tokenizer_file))
+    length = min(_CALIBRATION_TOKENS, int(context_length or _CALIBRATION_TOKENS))
     prompts = []
     for module in _CALIBRATION_MODULES:
         source = Path(importlib.import_module(module).__file__).read_text(encoding="utf-8")

@@ -30,12 +30,13 @@ precedes and whose per-token error was the largest measured, keeps its blocks (d
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from ghostls.inference.cache import ModelError
 
 BLOCK = 32
 MS_DOMAIN = "com.microsoft"
@@ -53,10 +54,10 @@ class W8A8Input:
     """A MatMul input whose readers W8A8 takes."""
 
     norm_weight: str | None  # the norm weight its smoothing folds into; None: not smoothed
-    # An RMS norm's output: one int8 scale for all its tokens (DynamicQuantizeMatMul, one node instead of six).
-    # The norm bounds each token's row, so that costs little (session 7, bench/logits_kl.py: KL 0.0103 / 0.0049
-    # / 0.0064 against 0.0083 / 0.0042 / 0.0083 per token) and prefill takes 8-12% less time; attention's
-    # output has no such bound and is scaled per token.
+    # An RMS norm's output: one int8 scale for all its tokens (DynamicQuantizeMatMul, one node instead of the
+    # per-token path's seven). The norm bounds each token's row, so that costs little (session 7,
+    # bench/logits_kl.py: KL 0.0103 / 0.0049 / 0.0064 against 0.0083 / 0.0042 / 0.0083 per token) and prefill
+    # took 8-12% less time in two short A/B runs; attention's output has no such bound and is scaled per token.
     per_tensor: bool
 
 
@@ -184,7 +185,7 @@ def rewrite(model, accuracy_level: int = 4, w8a8: dict[str, np.ndarray | None] |
                 if x not in per_tensor and x not in per_token:
                     per_token[x] = _quantize_per_token(x, new_nodes, new_inits)
                 _write_w8a8(group, w8a8[x], per_token.get(x), new_nodes, new_inits)
-            kinds["w8a8"] += 1
+            kinds[W8A8] += 1
         elif q4 is not None:
             members = groups[(x, k, False)]
             if index == members[0]:
@@ -349,10 +350,8 @@ def activation_maxima(model_file: Path, inputs: list[str], token_batches: list[l
         probe.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
     probe_file = model_file.with_name(f"{model_file.stem}.calibration.onnx")  # beside it: same weight path
     onnx.save_model(probe, str(probe_file))
-    try:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 0
-        session = ort.InferenceSession(str(probe_file), options, providers=["CPUExecutionProvider"])
+    try:  # (plain onnxruntime uses every core by default; onnxruntime-genai is the one that needs telling)
+        session = ort.InferenceSession(str(probe_file), providers=["CPUExecutionProvider"])
         maxima: dict[str, np.ndarray] = {}
         for ids in token_batches:
             outputs = session.run(inputs, _prompt_feeds(session, ids, head_size))
@@ -377,7 +376,8 @@ def _prompt_feeds(session, ids: list[int], head_size: int) -> dict[str, np.ndarr
         elif arg.name.startswith("past_key_values"):  # [batch, kv heads, past length, head size]
             feeds[arg.name] = np.zeros((1, arg.shape[1], 0, head_size), np.float32)
         else:
-            raise ValueError(f"cannot calibrate a model with the input {arg.name!r}")
+            raise ModelError(f"cannot convert to w8a8: the calibration pass cannot feed the model's input "
+                             f"{arg.name!r}; use precision native")
     return feeds
 
 
