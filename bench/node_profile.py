@@ -3,7 +3,7 @@
 Runs the model's ONNX graph directly (onnxruntime, not onnxruntime-genai) for one new token (or a prefill chunk of
 --tokens) after a zeroed KV cache of --past tokens, --steps times, and prints per operator type its share of the
 kernel time and the node count. The profiler adds its own cost to every node, so only the shares are printed; the
-untimed steps/s line before them is the speed of the graph run this way. GroupQueryAttention's share is overstated here: fed as plain
+untimed steps/s line before them is the speed of the graph run this way. Attention's share is overstated here: fed as plain
 inputs, the KV cache is copied into a new present tensor every step, where onnxruntime-genai shares one buffer.
 
     .venv/bin/python bench/node_profile.py .cache/ghostls/models/smollm2-135m-instruct-q4_1-native-cpu [--past 500]
@@ -35,7 +35,7 @@ def _feeds(session, past: int, tokens: int, model_dir: Path) -> dict[str, np.nda
             feeds[spec.name] = np.arange(past, past + tokens, dtype=np.int64)[None, :]
         elif spec.name.startswith("past_key_values."):
             shape = (1, decoder["num_key_value_heads"], past, decoder["head_size"])
-            feeds[spec.name] = np.zeros(shape, np.float32)
+            feeds[spec.name] = np.zeros(shape, np.float16 if spec.type == "tensor(float16)" else np.float32)
         else:
             raise SystemExit(f"unexpected model input {spec.name}")
     return feeds
@@ -56,6 +56,10 @@ def main() -> int:
     def session(profile_prefix: str | None):
         options = ort.SessionOptions()
         options.intra_op_num_threads = args.threads
+        library = (json.loads((args.model_dir / "genai_config.json").read_text())["model"]["decoder"]
+                   .get("session_options", {}).get("custom_ops_library"))
+        if library:  # ghostls's attention op (inference/half_kv.py), copied into the model folder
+            options.register_custom_ops_library(str(args.model_dir / library))
         if profile_prefix:
             options.enable_profiling = True
             options.profile_file_prefix = profile_prefix

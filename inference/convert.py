@@ -48,12 +48,17 @@ AUTO = "auto"
 _CALIBRATION_MODULES = ("os", "functools", "typing")
 _CALIBRATION_TOKENS = 768
 EXECUTION_PROVIDERS = ("cpu", "cuda")
+# The KV cache's type on the CPU. "float16" swaps onnxruntime's GroupQueryAttention (a float32 cache on the CPU)
+# for ghostls's own op over a float16 cache (inference/half_kv.py): half the bytes a decode step reads per token
+# of context. "auto" takes it where the op builds and the model's attention is one it stands in for.
+KV_CACHES = ("float16", "float32")
 STAGES = ("reading GGUF", "writing safetensors", "building ONNX", "requantizing", "finalizing")
 # Options for onnxruntime-genai's builder. prune_lm_head computes logits for the last position only: a
 # completion never needs the others, and the LM head over every prompt token is a fifth of a small
-# model's prefill. RECIPE names this set: bump it when they change, and cached models are converted again.
+# model's prefill. RECIPE names this set and what the converter does after the builder: bump it when they
+# change, and cached models are converted again (4: the float16 KV cache op).
 BUILDER_OPTIONS = ("prune_lm_head=true",)
-RECIPE = 3
+RECIPE = 4
 # Files of a Hugging Face checkpoint the converter may read: weights, configs, tokenizer data. Everything else
 # (pickled weights, remote-code *.py, READMEs) stays out of the folder the builder sees.
 _CHECKPOINT_SUFFIXES = (".json", ".safetensors", ".txt", ".model", ".jinja")
@@ -162,12 +167,19 @@ def _check_precision(precision: str) -> None:
         raise ModelError(f"unknown precision {precision!r}; choose one of {AUTO}, {', '.join(PRECISIONS)}")
 
 
-def _is_cached(dest: Path, source: _Source, precision: str, execution_provider: str) -> bool:
+def _check_kv_cache(kv_cache: str) -> None:
+    if kv_cache != AUTO and kv_cache not in KV_CACHES:
+        raise ModelError(f"unknown KV cache type {kv_cache!r}; choose one of {AUTO}, {', '.join(KV_CACHES)}")
+
+
+def _is_cached(dest: Path, source: _Source, precision: str, execution_provider: str, kv_cache: str = AUTO) -> bool:
     try:
         manifest = read_manifest(dest)
     except ModelError:
         return False
     if manifest.precision != precision or manifest.execution_provider != execution_provider:
+        return False
+    if kv_cache != AUTO and manifest.kv_cache != kv_cache:
         return False
     if manifest.recipe != RECIPE:
         return False  # made with older builder options: convert again
@@ -189,6 +201,7 @@ def convert(
     name: str | None = None,
     force: bool = False,
     progress: Progress | None = None,
+    kv_cache: str = AUTO,
 ) -> Path:
     """Convert `src` (checkpoint folder or .gguf) into `out_root/<name>-<precision>-<provider>` and return it.
 
@@ -196,6 +209,7 @@ def convert(
     Raises ModelError with a user-facing message on any failure, leaving no partial model behind.
     """
     _check_precision(precision)  # before the source: a typo is reported as such, whatever the path
+    _check_kv_cache(kv_cache)
     if execution_provider not in EXECUTION_PROVIDERS:
         raise ModelError(
             f"unknown execution provider {execution_provider!r}; choose one of {', '.join(EXECUTION_PROVIDERS)}"
@@ -205,7 +219,7 @@ def convert(
     precision = resolve_precision(precision, source.is_gguf, execution_provider)
     out_root = Path(out_root) if out_root is not None else models_root()
     dest = out_root / model_folder_name(src, precision, execution_provider, name)
-    if not force and _is_cached(dest, source, precision, execution_provider):
+    if not force and _is_cached(dest, source, precision, execution_provider, kv_cache):
         return dest
 
     report = progress or (lambda stage, fraction: None)
@@ -227,8 +241,10 @@ def convert(
             _build_onnx(checkpoint, built, precision, execution_provider, tmp, report)
 
         report("finalizing", 0.0)
+        kv_cache = _use_half_kv(built, kv_cache, execution_provider)
         _set_thread_count(built / GENAI_CONFIG)
-        _write_manifest(built, dest.name, src, source_sha, fingerprint, precision, execution_provider, weights)
+        _write_manifest(built, dest.name, src, source_sha, fingerprint, precision, execution_provider, weights,
+                        kv_cache)
         validate_model_dir(built)
         _install(built, dest, tmp)
         report("finalizing", 1.0)
@@ -303,6 +319,47 @@ def _requantize(fp32: Path, out: Path, report: Progress, calibrate: bool = False
     return dict(kinds)
 
 
+def _use_half_kv(model_dir: Path, kv_cache: str, execution_provider: str) -> str:
+    """Swap in the float16 KV cache op where asked for and possible; returns the KV cache type the model ends with.
+    "auto" keeps float32 where the op cannot be had (saying why on stderr); an explicit type not met is an error."""
+    import onnx
+
+    from ghostls.inference import half_kv
+
+    model = onnx.load(str(model_dir / MODEL_FILE), load_external_data=False)  # the graph; weights stay on disk
+    if kv_cache != "float32" and execution_provider == "cpu" and _kv_cache_type(model) == "float32":
+        head_size = json.loads((model_dir / GENAI_CONFIG).read_text(encoding="utf-8"))["model"]["decoder"]["head_size"]
+        try:
+            library = half_kv.build()
+        except ModelError as e:
+            if kv_cache != AUTO:
+                raise
+            print(f"ghostls: keeping a float32 KV cache: {e}", file=sys.stderr)
+        else:
+            if half_kv.swap_attention(model, head_size):
+                onnx.save_model(model, str(model_dir / MODEL_FILE))
+                half_kv.install(model_dir, library)
+            elif kv_cache != AUTO:
+                raise ModelError(
+                    "this model's attention is not one the float16 KV cache op stands in for (it takes packed "
+                    "q|k|v, rotary over the whole head, float32 activations, head size "
+                    f"{', '.join(map(str, half_kv.HEAD_SIZES))}); convert with --kv-cache float32")
+    found = _kv_cache_type(model)
+    if kv_cache != AUTO and found != kv_cache:
+        raise ModelError(f"asked for a {kv_cache} KV cache, but this {execution_provider} model keeps {found}")
+    return found
+
+
+def _kv_cache_type(model) -> str:
+    from onnx import TensorProto
+
+    past = next((v for v in model.graph.input if v.name.startswith("past_key_values.")), None)
+    if past is None:
+        return "none"
+    kind = past.type.tensor_type.elem_type
+    return {TensorProto.FLOAT: "float32", TensorProto.FLOAT16: "float16"}.get(kind) or TensorProto.DataType.Name(kind)
+
+
 def _calibration_prompts(tokenizer_file: Path, context_length: int | None) -> list[list[int]]:
     """Token ids of the calibration prompts, no longer than the model's context."""
     import importlib
@@ -349,6 +406,7 @@ def _write_manifest(
     precision: str,
     execution_provider: str,
     weights: dict[str, int],
+    kv_cache: str = "float32",
 ) -> ModelManifest:
     template = detect_template(tokens_of_tokenizer_json(built / "tokenizer.json"))
     config = json.loads((built / GENAI_CONFIG).read_text(encoding="utf-8"))
@@ -370,6 +428,7 @@ def _write_manifest(
         source_fingerprint=fingerprint,
         recipe=RECIPE,
         weights=weights,
+        kv_cache=kv_cache,
     )
     (built / MANIFEST_NAME).write_text(manifest.to_json(), encoding="utf-8")
     return manifest
@@ -435,11 +494,13 @@ def convert_in_subprocess(
     out_root: Path | None = None,
     name: str | None = None,
     force: bool = False,
+    kv_cache: str = AUTO,
 ) -> Path:
     """Run `convert` in a child Python (so torch never loads here), relaying its progress events."""
     cmd = [
         sys.executable, "-m", "ghostls.inference.convert", str(src),
-        "--precision", precision, "--execution-provider", execution_provider, "--json-progress",
+        "--precision", precision, "--execution-provider", execution_provider, "--kv-cache", kv_cache,
+        "--json-progress",
     ]
     if out_root is not None:
         cmd += ["--out-root", str(out_root)]
@@ -487,6 +548,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("src", type=Path, help="checkpoint folder (config.json + *.safetensors) or .gguf file")
     parser.add_argument("--precision", default=AUTO, choices=(AUTO, *PRECISIONS))
     parser.add_argument("--execution-provider", default="cpu", choices=EXECUTION_PROVIDERS)
+    parser.add_argument("--kv-cache", default=AUTO, choices=(AUTO, *KV_CACHES),
+                        help="the KV cache's type on the CPU (auto: float16 where ghostls's attention op runs)")
     parser.add_argument("--out-root", type=Path, default=None, help="cache folder (default: the ghostls cache)")
     parser.add_argument("--name", default=None, help="model name (default: derived from the source)")
     parser.add_argument("--force", action="store_true", help="convert again even if the cache holds the model")
@@ -517,6 +580,7 @@ def main(argv: list[str] | None = None) -> int:
             name=args.name,
             force=args.force,
             progress=lambda stage, fraction: emit({"stage": stage, "fraction": fraction}),
+            kv_cache=args.kv_cache,
         )
     except ModelError as e:
         emit({"error": str(e)})

@@ -172,9 +172,10 @@ class Engine:
         bos = genai["model"].get("bos_token_id")
         self.start_ids = [bos] if isinstance(bos, int) else sorted(self.eos_ids)[:1]
         decoder = genai["model"]["decoder"]
-        # Keys and values, every layer; float32 on the CPU, float16 on CUDA.
+        # Keys and values, every layer: float16 on CUDA and with ghostls's attention op, float32 otherwise.
+        half = self.provider.name == "cuda" or "custom_ops_library" in decoder.get("session_options", {})
         self.kv_bytes_per_token = (2 * decoder["num_hidden_layers"] * decoder["num_key_value_heads"]
-                                   * decoder["head_size"] * (2 if self.provider.name == "cuda" else 4))
+                                   * decoder["head_size"] * (2 if half else 4))
         self.kv_budget_bytes = kv_budget_bytes
         self._lock = threading.Lock()
         self._caches: OrderedDict[str, _KvState] = OrderedDict()  # least recently used first

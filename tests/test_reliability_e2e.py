@@ -265,6 +265,9 @@ def _break(folder, fault: str) -> str:
     if fault == "custom-op-library":
         (folder / "libcustom_ops.so").write_bytes(b"\x7fELF")
         return "can run code when loaded"
+    if fault == "tampered-op-library":  # ghostls's own attention op's name, other bytes
+        (folder / "libghostls_ops.so").write_bytes(b"\x7fELF")
+        return "can run code when loaded"
     if fault == "custom-op-config":
         import json
 
@@ -277,7 +280,7 @@ def _break(folder, fault: str) -> str:
 
 
 @pytest.mark.parametrize("fault", ["missing-onnx", "truncated-onnx", "corrupt-onnx", "pickle", "custom-op-library",
-                                   "custom-op-config"])
+                                   "tampered-op-library", "custom-op-config"])
 def test_model_faults_are_a_clear_message_and_the_server_serves_nothing(tmp_path, tiny_model, fault):
     folder = tmp_path / "model"
     shutil.copytree(tiny_model("qwen"), folder)  # a copy: the shared converted model is never touched

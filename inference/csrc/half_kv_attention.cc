@@ -1,0 +1,449 @@
+// Grouped-query attention over a float16 KV cache, as an onnxruntime custom op for the CPU provider.
+//
+// It replaces com.microsoft.GroupQueryAttention (with do_rotary=1) in the models ghostls converts for the CPU:
+// onnxruntime's CPU kernel keeps the cache in float32 beside float32 activations, so a decode step reads 4 bytes
+// per cached value; this one reads 2, and reads each key and value once for all the query heads that share it.
+// At a 1,000-token context that cache read is most of what separates a decode step from llama.cpp's.
+//
+// Same inputs as GroupQueryAttention's used ones, minus the empty separate key/value:
+//   0 packed q|k|v        float   [batch, sequence, (heads + 2 * kv_heads) * head_size]
+//   1 past_key            float16 [batch, kv_heads, cache_length, head_size]
+//   2 past_value          float16 [batch, kv_heads, cache_length, head_size]
+//   3 seqlens_k           int32   [batch]      total length - 1, per batch row
+//   4 total_seq_length    int32   [1]
+//   5 cos_cache, 6 sin_cache float [positions, head_size / 2]   (rotary over the whole head, not interleaved)
+// Outputs: attention float [batch, sequence, heads * head_size], present_key, present_value (float16).
+// When the cache is long enough for the total length (onnxruntime-genai's shared past/present buffer), present
+// has past's shape and the new rows are written in place; otherwise present holds exactly the total length.
+//
+// Never: allocate per key, or read past a row's causal limit.
+
+#define ORT_API_MANUAL_INIT
+#include <onnxruntime_cxx_api.h>
+#undef ORT_API_MANUAL_INIT
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace {
+
+constexpr int kKeyTile = 64;          // keys converted to float32 at a time (L1-sized for head_size <= 128)
+constexpr int kQueryBlock = 8;        // queries per work item when prefilling
+constexpr int kDecodeKeyChunk = 256;  // keys per work item for a single query: splits the cache across threads
+
+// e^x for eight floats, x <= 0 in use here (a score minus its row's maximum). Cody-Waite range reduction and a
+// degree-6 polynomial: relative error about 2e-7, well under the float16 cache's own rounding.
+inline __m256 Exp8(__m256 x) {
+  x = _mm256_max_ps(x, _mm256_set1_ps(-87.0f));
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(1.3981999507e-3f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+  p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+
+// The eight sums of a[0..7]'s lanes, as one vector.
+inline __m256 Sum8x8(const __m256 a[8]) {
+  const __m256 t0 = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
+  const __m256 t1 = _mm256_hadd_ps(_mm256_hadd_ps(a[4], a[5]), _mm256_hadd_ps(a[6], a[7]));
+  return _mm256_add_ps(_mm256_permute2f128_ps(t0, t1, 0x20), _mm256_permute2f128_ps(t0, t1, 0x31));
+}
+
+// All-ones in the lanes at and past `valid` (1..7): the keys of a last group of eight that do not count.
+inline __m256 TailMask(int valid) {
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  return _mm256_castsi256_ps(_mm256_cmpgt_epi32(lane, _mm256_set1_epi32(valid - 1)));
+}
+
+inline float HorizontalSum(__m256 x) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+}
+
+inline float HorizontalMax(__m256 x) {
+  __m128 s = _mm_max_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
+  s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+  return _mm_cvtss_f32(_mm_max_ss(s, _mm_movehdup_ps(s)));
+}
+
+inline void HalfToFloat(const uint16_t* src, float* dst, int n) {
+  for (int i = 0; i < n; i += 8)
+    _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i))));
+}
+
+inline void FloatToHalf(const float* src, uint16_t* dst, int n) {
+  for (int i = 0; i < n; i += 8)
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + i),
+                     _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT));
+}
+
+// Rotary embedding over a whole head, halves rotated (GPT-NeoX / Llama layout).
+inline void Rotate(const float* x, const float* cos, const float* sin, int head_size, float scale, float* out) {
+  const int half = head_size / 2;
+  for (int i = 0; i < half; ++i) {
+    out[i] = (x[i] * cos[i] - x[i + half] * sin[i]) * scale;
+    out[i + half] = (x[i + half] * cos[i] + x[i] * sin[i]) * scale;
+  }
+}
+
+// One query row's running softmax state: the maximum score so far, the sum of exponentials, the weighted values.
+template <int kVecs>
+struct RowState {
+  float max = -std::numeric_limits<float>::infinity();
+  float sum = 0.0f;
+  __m256 acc[kVecs];
+  RowState() {
+    for (auto& a : acc) a = _mm256_setzero_ps();
+  }
+};
+
+// Folds keys [0, n) of a converted tile into a row's state. keys/values: kKeyTile rows of kVecs * 8 floats.
+template <int kVecs>
+inline void AttendTile(const float* q, const float* keys, const float* values, int n, RowState<kVecs>& row) {
+  alignas(32) float scores[kKeyTile];
+  __m256 qv[kVecs];
+  for (int v = 0; v < kVecs; ++v) qv[v] = _mm256_loadu_ps(q + 8 * v);
+  for (int j0 = 0; j0 < n; j0 += 8) {
+    __m256 dots[8];
+    for (int j = 0; j < 8; ++j) {
+      const float* k = keys + (j0 + j) * kVecs * 8;
+      __m256 d = _mm256_mul_ps(qv[0], _mm256_loadu_ps(k));
+      for (int v = 1; v < kVecs; ++v) d = _mm256_fmadd_ps(qv[v], _mm256_loadu_ps(k + 8 * v), d);
+      dots[j] = d;
+    }
+    _mm256_store_ps(scores + j0, Sum8x8(dots));
+  }
+  // The tile's maximum score, eight lanes at a time (lanes past n hold the zero keys' scores: masked out).
+  const __m256 neg_inf = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+  __m256 max8 = neg_inf;
+  for (int j0 = 0; j0 < n; j0 += 8) {
+    __m256 s = _mm256_load_ps(scores + j0);
+    if (j0 + 8 > n) s = _mm256_blendv_ps(s, neg_inf, TailMask(n - j0));
+    max8 = _mm256_max_ps(max8, s);
+  }
+  const float tile_max = HorizontalMax(max8);
+  const float new_max = std::max(row.max, tile_max);
+  const float rescale = std::exp(row.max - new_max);  // 0 for the first tile (max was -inf)
+  row.max = new_max;
+  const __m256 m = _mm256_set1_ps(new_max);
+  __m256 sum = _mm256_setzero_ps();
+  for (int j0 = 0; j0 < n; j0 += 8) {
+    __m256 p = Exp8(_mm256_sub_ps(_mm256_load_ps(scores + j0), m));
+    if (j0 + 8 > n) p = _mm256_andnot_ps(TailMask(n - j0), p);
+    _mm256_store_ps(scores + j0, p);
+    sum = _mm256_add_ps(sum, p);
+  }
+  row.sum = row.sum * rescale + HorizontalSum(sum);
+  // The weighted values accumulate in registers: row.acc may alias the values as far as the compiler knows.
+  const __m256 r = _mm256_set1_ps(rescale);
+  __m256 acc[kVecs];
+  for (int v = 0; v < kVecs; ++v) acc[v] = _mm256_mul_ps(row.acc[v], r);
+  for (int j = 0; j < n; ++j) {
+    const __m256 p = _mm256_set1_ps(scores[j]);
+    const float* val = values + j * kVecs * 8;
+    for (int v = 0; v < kVecs; ++v) acc[v] = _mm256_fmadd_ps(p, _mm256_loadu_ps(val + 8 * v), acc[v]);
+  }
+  for (int v = 0; v < kVecs; ++v) row.acc[v] = acc[v];
+}
+
+// Everything one Compute call's work items share. A work item is (batch row, kv head, query block, key chunk).
+struct Work {
+  int batch, sequence, heads, kv_heads, head_size, cache_length;
+  const float* queries;  // rotated and scaled: [batch, sequence, heads, head_size]
+  const uint16_t* keys;  // present: [batch, kv_heads, cache_length, head_size]
+  const uint16_t* values;
+  const int* past;       // past length per batch row
+  float* out;            // [batch, sequence, heads * head_size]
+  int query_blocks, key_chunks, key_chunk;
+  float* partials;       // per item, per row: max, sum, head_size weighted values (only when key_chunks > 1)
+  int rows_per_item() const { return (heads / kv_heads) * kQueryBlock; }
+};
+
+template <int kVecs>
+void RunItem(void* data, size_t index) {
+  const Work& w = *static_cast<const Work*>(data);
+  constexpr int kHead = kVecs * 8;
+  const int group = w.heads / w.kv_heads;
+  size_t i = index;
+  const int chunk = static_cast<int>(i % w.key_chunks);
+  i /= w.key_chunks;
+  const int block = static_cast<int>(i % w.query_blocks);
+  i /= w.query_blocks;
+  const int g = static_cast<int>(i % w.kv_heads);
+  const int b = static_cast<int>(i / w.kv_heads);
+
+  const int s0 = block * kQueryBlock, s1 = std::min(w.sequence, s0 + kQueryBlock);
+  const int past = w.past[b];
+  const int key_begin = chunk * w.key_chunk;
+  const int key_end = std::min(past + s1, key_begin + w.key_chunk);  // the block's last query sees past + s1 keys
+
+  std::vector<RowState<kVecs>> rows(static_cast<size_t>(group) * (s1 - s0));
+  alignas(32) float keys[kKeyTile * kHead];
+  alignas(32) float values[kKeyTile * kHead];
+  const size_t cache_row = (static_cast<size_t>(b) * w.kv_heads + g) * w.cache_length;
+  for (int t0 = key_begin; t0 < key_end; t0 += kKeyTile) {
+    const int tile = std::min(kKeyTile, key_end - t0);
+    // The cache streams in from memory (a step's weights evict it): ask for the next tile before converting this
+    // one, so that the load of one overlaps the arithmetic of the other (hardware prefetch stops at page ends).
+    const int next = std::min(kKeyTile, key_end - t0 - kKeyTile);
+    for (int line = 0; line < next * kHead * 2; line += 64) {
+      _mm_prefetch(reinterpret_cast<const char*>(w.keys + (cache_row + t0 + kKeyTile) * kHead) + line, _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(w.values + (cache_row + t0 + kKeyTile) * kHead) + line, _MM_HINT_T0);
+    }
+    HalfToFloat(w.keys + (cache_row + t0) * kHead, keys, tile * kHead);
+    HalfToFloat(w.values + (cache_row + t0) * kHead, values, tile * kHead);
+    // Rows of a partial last group of eight keys read zeros, not the previous tile's keys.
+    std::memset(keys + tile * kHead, 0, sizeof(float) * ((tile + 7) / 8 * 8 - tile) * kHead);
+    for (int s = s0; s < s1; ++s) {
+      const int visible = std::min(tile, past + s + 1 - t0);  // causal limit within this tile
+      if (visible <= 0) continue;
+      for (int h = 0; h < group; ++h) {
+        const float* q = w.queries + ((static_cast<size_t>(b) * w.sequence + s) * w.heads + g * group + h) * kHead;
+        AttendTile<kVecs>(q, keys, values, visible, rows[(s - s0) * group + h]);
+      }
+    }
+  }
+
+  for (int s = s0; s < s1; ++s) {
+    for (int h = 0; h < group; ++h) {
+      const RowState<kVecs>& row = rows[(s - s0) * group + h];
+      if (w.key_chunks == 1) {
+        float* out = w.out + ((static_cast<size_t>(b) * w.sequence + s) * w.heads + g * group + h) * kHead;
+        const __m256 inv = _mm256_set1_ps(1.0f / row.sum);
+        for (int v = 0; v < kVecs; ++v) _mm256_storeu_ps(out + 8 * v, _mm256_mul_ps(row.acc[v], inv));
+      } else {
+        float* p = w.partials + (index * w.rows_per_item() + (s - s0) * group + h) * (kHead + 2);
+        p[0] = row.max;  // -inf when the chunk lies wholly past this row's causal limit
+        p[1] = row.sum;
+        for (int v = 0; v < kVecs; ++v) _mm256_storeu_ps(p + 2 + 8 * v, row.acc[v]);
+      }
+    }
+  }
+}
+
+// Combines the key chunks' partial softmax states of every row (flash-decoding's reduction).
+void MergeChunks(const Work& w) {
+  const int group = w.heads / w.kv_heads, head = w.head_size;
+  for (int b = 0; b < w.batch; ++b)
+    for (int g = 0; g < w.kv_heads; ++g)
+      for (int s = 0; s < w.sequence; ++s)
+        for (int h = 0; h < group; ++h) {
+          const size_t first_item = ((static_cast<size_t>(b) * w.kv_heads + g) * w.query_blocks + s / kQueryBlock) *
+                                    w.key_chunks;
+          const size_t row = (s % kQueryBlock) * group + h;
+          auto partial = [&](int c) { return w.partials + ((first_item + c) * w.rows_per_item() + row) * (head + 2); };
+          float max = -std::numeric_limits<float>::infinity();
+          for (int c = 0; c < w.key_chunks; ++c) max = std::max(max, partial(c)[0]);
+          float* out = w.out + ((static_cast<size_t>(b) * w.sequence + s) * w.heads + g * group + h) * head;
+          std::fill(out, out + head, 0.0f);
+          float sum = 0.0f;
+          for (int c = 0; c < w.key_chunks; ++c) {
+            const float* p = partial(c);
+            if (p[0] == -std::numeric_limits<float>::infinity()) continue;
+            const float weight = std::exp(p[0] - max);
+            sum += p[1] * weight;
+            for (int d = 0; d < head; ++d) out[d] += p[2 + d] * weight;
+          }
+          for (int d = 0; d < head; ++d) out[d] /= sum;
+        }
+}
+
+struct HalfKvAttentionKernel {
+  int heads, kv_heads;
+  float scale;
+
+  HalfKvAttentionKernel(const OrtApi& /*api*/, const OrtKernelInfo* info) {
+    Ort::ConstKernelInfo k(info);
+    heads = static_cast<int>(k.GetAttribute<int64_t>("num_heads"));
+    kv_heads = static_cast<int>(k.GetAttribute<int64_t>("kv_num_heads"));
+    scale = k.GetAttribute<float>("scale");
+    if (heads <= 0 || kv_heads <= 0 || heads % kv_heads != 0)
+      throw Ort::Exception("num_heads must be a positive multiple of kv_num_heads", ORT_INVALID_ARGUMENT);
+  }
+
+  // Errors become statuses: an exception must not cross into onnxruntime's C frames.
+  OrtStatusPtr ComputeV2(OrtKernelContext* context) {
+    try {
+      Compute(context);
+      return nullptr;
+    } catch (const Ort::Exception& e) {
+      return Ort::GetApi().CreateStatus(e.GetOrtErrorCode(), e.what());
+    } catch (const std::exception& e) {
+      return Ort::GetApi().CreateStatus(ORT_FAIL, e.what());
+    }
+  }
+
+  void Compute(OrtKernelContext* context) {
+    Ort::KernelContext ctx(context);
+    const auto qkv = ctx.GetInput(0);
+    const auto past_key = ctx.GetInput(1), past_value = ctx.GetInput(2);
+    const auto seqlens = ctx.GetInput(3), total_input = ctx.GetInput(4);
+    const auto cos_cache = ctx.GetInput(5), sin_cache = ctx.GetInput(6);
+
+    const auto qkv_shape = qkv.GetTensorTypeAndShapeInfo().GetShape();
+    const auto past_shape = past_key.GetTensorTypeAndShapeInfo().GetShape();
+    const auto rotary_shape = cos_cache.GetTensorTypeAndShapeInfo().GetShape();
+    if (qkv_shape.size() != 3 || past_shape.size() != 4 || rotary_shape.size() != 2)
+      throw Ort::Exception("HalfKvAttention: packed q|k|v must be 3-D, the caches 4-D, cos/sin 2-D",
+                           ORT_INVALID_ARGUMENT);
+    const int batch = static_cast<int>(qkv_shape[0]), sequence = static_cast<int>(qkv_shape[1]);
+    const int head = static_cast<int>(past_shape[3]);
+    const int cache_length = static_cast<int>(past_shape[2]);
+    if (qkv_shape[2] != static_cast<int64_t>(heads + 2 * kv_heads) * head || past_shape[0] != batch ||
+        past_shape[1] != kv_heads || rotary_shape[1] * 2 != head)
+      throw Ort::Exception("HalfKvAttention: shapes do not match num_heads, kv_num_heads and the cache's head size",
+                           ORT_INVALID_ARGUMENT);
+    const int positions = static_cast<int>(rotary_shape[0]);
+    const int total = total_input.GetTensorData<int32_t>()[0];
+    const int32_t* seqlens_k = seqlens.GetTensorData<int32_t>();
+
+    std::vector<int> past(batch);
+    for (int b = 0; b < batch; ++b) {
+      past[b] = seqlens_k[b] + 1 - sequence;
+      if (past[b] < 0 || past[b] + sequence > total || past[b] + sequence > positions)
+        throw Ort::Exception("HalfKvAttention: seqlens_k out of range for this sequence, total length or rotary cache",
+                             ORT_INVALID_ARGUMENT);
+    }
+
+    // Shared buffer (the cache already spans the total length): present is past, written in place.
+    // Otherwise present holds exactly the total length, past copied in.
+    const bool shared = cache_length >= total;
+    const int present_length = shared ? cache_length : total;
+    const std::vector<int64_t> present_shape{batch, kv_heads, present_length, head};
+    auto present_key = ctx.GetOutput(1, present_shape);
+    auto present_value = ctx.GetOutput(2, present_shape);
+    auto* keys = reinterpret_cast<uint16_t*>(present_key.GetTensorMutableData<Ort::Float16_t>());
+    auto* values = reinterpret_cast<uint16_t*>(present_value.GetTensorMutableData<Ort::Float16_t>());
+    const auto* old_keys = reinterpret_cast<const uint16_t*>(past_key.GetTensorData<Ort::Float16_t>());
+    const auto* old_values = reinterpret_cast<const uint16_t*>(past_value.GetTensorData<Ort::Float16_t>());
+    for (int b = 0; b < batch; ++b)
+      for (int g = 0; g < kv_heads; ++g) {
+        const size_t to = (static_cast<size_t>(b) * kv_heads + g) * present_length * head;
+        const size_t from = (static_cast<size_t>(b) * kv_heads + g) * cache_length * head;
+        if (keys + to != old_keys + from) std::memcpy(keys + to, old_keys + from, sizeof(uint16_t) * past[b] * head);
+        if (values + to != old_values + from)
+          std::memcpy(values + to, old_values + from, sizeof(uint16_t) * past[b] * head);
+      }
+
+    // The new tokens: keys rotated into the cache, values copied, queries rotated and pre-scaled.
+    const float* packed = qkv.GetTensorData<float>();
+    const float* cos = cos_cache.GetTensorData<float>();
+    const float* sin = sin_cache.GetTensorData<float>();
+    const int half = head / 2, width = (heads + 2 * kv_heads) * head;
+    std::vector<float> queries(static_cast<size_t>(batch) * sequence * heads * head);
+    std::vector<float> rotated(head);
+    for (int b = 0; b < batch; ++b)
+      for (int s = 0; s < sequence; ++s) {
+        const int position = past[b] + s;
+        const float* row = packed + (static_cast<size_t>(b) * sequence + s) * width;
+        const float *c = cos + static_cast<size_t>(position) * half, *sn = sin + static_cast<size_t>(position) * half;
+        for (int h = 0; h < heads; ++h)
+          Rotate(row + h * head, c, sn, head, scale,
+                 queries.data() + ((static_cast<size_t>(b) * sequence + s) * heads + h) * head);
+        for (int g = 0; g < kv_heads; ++g) {
+          const size_t at = ((static_cast<size_t>(b) * kv_heads + g) * present_length + position) * head;
+          Rotate(row + (heads + g) * head, c, sn, head, 1.0f, rotated.data());
+          FloatToHalf(rotated.data(), keys + at, head);
+          FloatToHalf(row + (heads + kv_heads + g) * head, values + at, head);
+        }
+      }
+
+    auto output = ctx.GetOutput(0, std::vector<int64_t>{batch, sequence, static_cast<int64_t>(heads) * head});
+    Work w{batch, sequence, heads, kv_heads, head, present_length, queries.data(), keys, values, past.data(),
+           output.GetTensorMutableData<float>(), (sequence + kQueryBlock - 1) / kQueryBlock, 1, 0, nullptr};
+    // One query (decoding): split each head's keys into chunks so that both threads work on a short batch.
+    // Batch rows may differ in length: a chunk past a row's length finds no keys for it.
+    int max_total = 0;
+    for (int b = 0; b < batch; ++b) max_total = std::max(max_total, past[b] + sequence);
+    w.key_chunk = max_total;
+    if (sequence == 1 && max_total > kDecodeKeyChunk) {
+      w.key_chunk = kDecodeKeyChunk;
+      w.key_chunks = (max_total + kDecodeKeyChunk - 1) / kDecodeKeyChunk;
+    }
+    w.key_chunk = std::max(w.key_chunk, 1);
+    const size_t items = static_cast<size_t>(batch) * kv_heads * w.query_blocks * w.key_chunks;
+    std::vector<float> partials;
+    if (w.key_chunks > 1) {
+      partials.resize(items * w.rows_per_item() * (head + 2));
+      w.partials = partials.data();
+    }
+    void (*run)(void*, size_t) = nullptr;
+    switch (head) {
+      case 16: run = RunItem<2>; break;
+      case 32: run = RunItem<4>; break;
+      case 64: run = RunItem<8>; break;
+      case 128: run = RunItem<16>; break;
+      default: throw Ort::Exception("HalfKvAttention: head size must be 16, 32, 64 or 128", ORT_INVALID_ARGUMENT);
+    }
+    ctx.ParallelFor(run, items, 0, &w);
+    if (w.key_chunks > 1) MergeChunks(w);
+  }
+};
+
+struct HalfKvAttentionOp : Ort::CustomOpBase<HalfKvAttentionOp, HalfKvAttentionKernel, true> {
+  OrtStatusPtr CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** kernel) const {
+    try {
+      *kernel = new HalfKvAttentionKernel(api, info);
+      return nullptr;
+    } catch (const Ort::Exception& e) {
+      return Ort::GetApi().CreateStatus(e.GetOrtErrorCode(), e.what());
+    }
+  }
+  const char* GetName() const { return "HalfKvAttention"; }
+  size_t GetInputTypeCount() const { return 7; }
+  ONNXTensorElementDataType GetInputType(size_t index) const {
+    switch (index) {
+      case 1:
+      case 2: return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16;
+      case 3:
+      case 4: return ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32;
+      default: return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+    }
+  }
+  size_t GetOutputTypeCount() const { return 3; }
+  ONNXTensorElementDataType GetOutputType(size_t index) const {
+    return index == 0 ? ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16;
+  }
+};
+
+const HalfKvAttentionOp kOp;
+
+}  // namespace
+
+extern "C" __attribute__((visibility("default"))) OrtStatus* ORT_API_CALL
+RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
+  const OrtApi* api = api_base->GetApi(ORT_API_VERSION);
+  if (api == nullptr) return nullptr;  // an onnxruntime older than this header: the op stays unknown, and says so
+  Ort::InitApi(api);
+  // One domain for the library's lifetime: sessions keep a pointer to it.
+  static Ort::CustomOpDomain* domain = nullptr;
+  static std::mutex mutex;
+  try {
+    std::lock_guard<std::mutex> lock(mutex);
+    if (domain == nullptr) {
+      domain = new Ort::CustomOpDomain("ai.ghostls");
+      domain->Add(&kOp);
+    }
+    Ort::UnownedSessionOptions(options).Add(*domain);
+  } catch (const std::exception& e) {
+    return Ort::GetApi().CreateStatus(ORT_FAIL, e.what());
+  }
+  return nullptr;
+}
