@@ -33,10 +33,10 @@ APT_INSTALL = DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-
 demo: $(STAMP)
 	$(VENV)/bin/ghostls complete docs/examples/fib.py:4:9
 
-# The tests convert into .cache/ghostls (tests/conftest.py) and may not reach the network: the float16 KV cache
-# op (inference/half_kv.py) is built there first, fetching onnxruntime's headers once.
+# The tests convert into .cache/ghostls (tests/conftest.py) and may not reach the network: the KV cache attention
+# ops (inference/kv_attention.py) are built there first, fetching onnxruntime's headers once.
 test: $(STAMP) vscode
-	GHOSTLS_CACHE_DIR="$${GHOSTLS_CACHE_DIR:-$(CURDIR)/.cache/ghostls}" $(PY) -m ghostls.inference.half_kv
+	GHOSTLS_CACHE_DIR="$${GHOSTLS_CACHE_DIR:-$(CURDIR)/.cache/ghostls}" $(PY) -m ghostls.inference.kv_attention
 	GHOSTLS_REQUIRE_VSCODE_E2E=1 $(PY) -m pytest -q
 
 clean-venv:

@@ -34,8 +34,10 @@ def _feeds(session, past: int, tokens: int, model_dir: Path) -> dict[str, np.nda
         elif spec.name == "position_ids":
             feeds[spec.name] = np.arange(past, past + tokens, dtype=np.int64)[None, :]
         elif spec.name.startswith("past_key_values."):
-            shape = (1, decoder["num_key_value_heads"], past, decoder["head_size"])
-            feeds[spec.name] = np.zeros(shape, np.float16 if spec.type == "tensor(float16)" else np.float32)
+            # The last dimension as the graph fixes it (int8 rows carry their scale), else the head size.
+            last = spec.shape[3] if isinstance(spec.shape[3], int) else decoder["head_size"]
+            dtype = {"tensor(float16)": np.float16, "tensor(int8)": np.int8}.get(spec.type, np.float32)
+            feeds[spec.name] = np.zeros((1, decoder["num_key_value_heads"], past, last), dtype)
         else:
             raise SystemExit(f"unexpected model input {spec.name}")
     return feeds
@@ -58,7 +60,7 @@ def main() -> int:
         options.intra_op_num_threads = args.threads
         library = (json.loads((args.model_dir / "genai_config.json").read_text())["model"]["decoder"]
                    .get("session_options", {}).get("custom_ops_library"))
-        if library:  # ghostls's attention op (inference/half_kv.py), copied into the model folder
+        if library:  # ghostls's attention ops (inference/kv_attention.py), copied into the model folder
             options.register_custom_ops_library(str(args.model_dir / library))
         if profile_prefix:
             options.enable_profiling = True

@@ -60,8 +60,8 @@ class ModelManifest:
     # Precisions "native" and "w8a8": how many MatMul weights were kept exactly ("q4_1 exact", "q8_0 exact") or
     # quantized ("int8 absmax", "w8a8"); empty for the builder's precisions.
     weights: dict[str, int] = field(default_factory=dict)
-    # "float16": attention is ghostls's own op over a float16 cache (inference/half_kv.py), its library copied
-    # into the folder; "float32": onnxruntime's GroupQueryAttention (and every model from before recipe 4).
+    # "int8" or "float16": attention is ghostls's own op over that cache (inference/kv_attention.py), its library
+    # copied into the folder; "float32": onnxruntime's GroupQueryAttention (and every model before recipe 4).
     kv_cache: str = "float32"
 
     def to_json(self) -> str:
@@ -132,14 +132,14 @@ def _looks_like_protobuf(path: Path) -> bool:
 
 def unsafe_files(model_dir: Path) -> list[Path]:
     """Pickles and native libraries anywhere under the folder, but for a byte-identical copy of the attention op
-    ghostls built from its own source (inference/half_kv.py) at the folder's top."""
-    from ghostls.inference import half_kv
+    ghostls built from its own source (inference/kv_attention.py) at the folder's top."""
+    from ghostls.inference import kv_attention
 
-    own = Path(model_dir) / half_kv.LIBRARY_NAME
+    own = Path(model_dir) / kv_attention.LIBRARY_NAME
     return sorted(
         p for p in Path(model_dir).rglob("*")
         if p.is_file() and p.name.lower().endswith(PICKLE_SUFFIXES + LIBRARY_SUFFIXES)
-        and not (p == own and half_kv.is_own_library(p))
+        and not (p == own and kv_attention.is_own_library(p))
     )
 
 
@@ -159,7 +159,7 @@ def validate_model_dir(model_dir: Path, *, check_hash: bool = True) -> ModelMani
     Only ONNX, JSON and tokenizer files may be present: no pickles, no custom-op libraries. The graph file must
     look like protobuf and match the sha256 the manifest recorded; every recorded file must have its size.
     """
-    from ghostls.inference import half_kv
+    from ghostls.inference import kv_attention
 
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
@@ -184,11 +184,11 @@ def validate_model_dir(model_dir: Path, *, check_hash: bool = True) -> ModelMani
     if graph_name != MODEL_FILE:
         raise ModelError(f"{config_path} names an unexpected model file {graph_name!r}")
     libraries = _custom_ops_libraries(config)
-    if half_kv.LIBRARY_NAME in libraries and not (model_dir / half_kv.LIBRARY_NAME).is_file():
+    if kv_attention.LIBRARY_NAME in libraries and not (model_dir / kv_attention.LIBRARY_NAME).is_file():
         # onnxruntime would look the bare name up on the system's library path instead.
-        raise ModelError(f"{model_dir} names {half_kv.LIBRARY_NAME} but does not hold it; "
+        raise ModelError(f"{model_dir} names {kv_attention.LIBRARY_NAME} but does not hold it; "
                          "convert the model again with --force")
-    if libraries - {half_kv.LIBRARY_NAME}:
+    if libraries - {kv_attention.LIBRARY_NAME}:
         # ONNX Runtime GenAI would dlopen it: native code chosen by whoever wrote the model folder. The one name
         # allowed is the attention op's copy, which unsafe_files above has checked is ghostls's own build.
         raise ModelError(f"refusing to load {model_dir}: {GENAI_CONFIG} names a custom_ops_library; "

@@ -48,10 +48,13 @@ AUTO = "auto"
 _CALIBRATION_MODULES = ("os", "functools", "typing")
 _CALIBRATION_TOKENS = 768
 EXECUTION_PROVIDERS = ("cpu", "cuda")
-# The KV cache's type on the CPU. "float16" swaps onnxruntime's GroupQueryAttention (a float32 cache on the CPU)
-# for ghostls's own op over a float16 cache (inference/half_kv.py): half the bytes a decode step reads per token
-# of context. "auto" takes it where the op builds and the model's attention is one it stands in for.
-KV_CACHES = ("float16", "float32")
+# The KV cache's type on the CPU. "float16" and "int8" swap onnxruntime's GroupQueryAttention (a float32 cache on
+# the CPU) for ghostls's own op over that cache (inference/kv_attention.py): a half or about a quarter of the
+# bytes a decode step reads per token of context. "auto" means int8 for a GGUF (measured on the embedded model:
+# logits as close to the float reference as float32's cache, docs/benchmarks.md) and float16 for a checkpoint
+# (int8 keys are untried on models with outlying key channels, as Qwen2's), where the ops build and the model's
+# attention is one they stand in for; float32 otherwise.
+KV_CACHES = ("int8", "float16", "float32")
 STAGES = ("reading GGUF", "writing safetensors", "building ONNX", "requantizing", "finalizing")
 # Options for onnxruntime-genai's builder. prune_lm_head computes logits for the last position only: a
 # completion never needs the others, and the LM head over every prompt token is a fifth of a small
@@ -241,7 +244,7 @@ def convert(
             _build_onnx(checkpoint, built, precision, execution_provider, tmp, report)
 
         report("finalizing", 0.0)
-        kv_cache = _use_half_kv(built, kv_cache, execution_provider)
+        kv_cache = _use_kv_attention(built, kv_cache, execution_provider, source.is_gguf)
         _set_thread_count(built / GENAI_CONFIG)
         _write_manifest(built, dest.name, src, source_sha, fingerprint, precision, execution_provider, weights,
                         kv_cache)
@@ -319,31 +322,33 @@ def _requantize(fp32: Path, out: Path, report: Progress, calibrate: bool = False
     return dict(kinds)
 
 
-def _use_half_kv(model_dir: Path, kv_cache: str, execution_provider: str) -> str:
-    """Swap in the float16 KV cache op where asked for and possible; returns the KV cache type the model ends with.
-    "auto" keeps float32 where the op cannot be had (saying why on stderr); an explicit type not met is an error."""
+def _use_kv_attention(model_dir: Path, kv_cache: str, execution_provider: str, is_gguf: bool) -> str:
+    """Swap in ghostls's attention op for the KV cache type asked for, where possible; returns the type the model
+    ends with. "auto" keeps float32 where the op cannot be had (saying why on stderr); an explicit type not met is
+    an error."""
     import onnx
 
-    from ghostls.inference import half_kv
+    from ghostls.inference import kv_attention
 
+    wanted = ("int8" if is_gguf else "float16") if kv_cache == AUTO else kv_cache
     model = onnx.load(str(model_dir / MODEL_FILE), load_external_data=False)  # the graph; weights stay on disk
-    if kv_cache != "float32" and execution_provider == "cpu" and _kv_cache_type(model) == "float32":
+    if wanted != "float32" and execution_provider == "cpu" and _kv_cache_type(model) == "float32":
         head_size = json.loads((model_dir / GENAI_CONFIG).read_text(encoding="utf-8"))["model"]["decoder"]["head_size"]
         try:
-            library = half_kv.build()
+            library = kv_attention.build()
         except ModelError as e:
             if kv_cache != AUTO:
                 raise
             print(f"ghostls: keeping a float32 KV cache: {e}", file=sys.stderr)
         else:
-            if half_kv.swap_attention(model, head_size):
+            if kv_attention.swap_attention(model, head_size, wanted):
                 onnx.save_model(model, str(model_dir / MODEL_FILE))
-                half_kv.install(model_dir, library)
+                kv_attention.install(model_dir, library)
             elif kv_cache != AUTO:
                 raise ModelError(
-                    "this model's attention is not one the float16 KV cache op stands in for (it takes packed "
+                    "this model's attention is not one ghostls's KV cache op stands in for (it takes packed "
                     "q|k|v, rotary over the whole head, float32 activations, head size "
-                    f"{', '.join(map(str, half_kv.HEAD_SIZES))}); convert with --kv-cache float32")
+                    f"{', '.join(map(str, kv_attention.HEAD_SIZES))}); convert with --kv-cache float32")
     found = _kv_cache_type(model)
     if kv_cache != AUTO and found != kv_cache:
         raise ModelError(f"asked for a {kv_cache} KV cache, but this {execution_provider} model keeps {found}")
@@ -357,7 +362,8 @@ def _kv_cache_type(model) -> str:
     if past is None:
         return "none"
     kind = past.type.tensor_type.elem_type
-    return {TensorProto.FLOAT: "float32", TensorProto.FLOAT16: "float16"}.get(kind) or TensorProto.DataType.Name(kind)
+    names = {TensorProto.FLOAT: "float32", TensorProto.FLOAT16: "float16", TensorProto.INT8: "int8"}
+    return names.get(kind) or TensorProto.DataType.Name(kind)
 
 
 def _calibration_prompts(tokenizer_file: Path, context_length: int | None) -> list[list[int]]:
@@ -549,7 +555,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precision", default=AUTO, choices=(AUTO, *PRECISIONS))
     parser.add_argument("--execution-provider", default="cpu", choices=EXECUTION_PROVIDERS)
     parser.add_argument("--kv-cache", default=AUTO, choices=(AUTO, *KV_CACHES),
-                        help="the KV cache's type on the CPU (auto: float16 where ghostls's attention op runs)")
+                        help="the KV cache's type on the CPU (auto: int8 for a .gguf, float16 for a checkpoint, "
+                        "where ghostls's attention op runs; float32 otherwise)")
     parser.add_argument("--out-root", type=Path, default=None, help="cache folder (default: the ghostls cache)")
     parser.add_argument("--name", default=None, help="model name (default: derived from the source)")
     parser.add_argument("--force", action="store_true", help="convert again even if the cache holds the model")

@@ -172,10 +172,11 @@ class Engine:
         bos = genai["model"].get("bos_token_id")
         self.start_ids = [bos] if isinstance(bos, int) else sorted(self.eos_ids)[:1]
         decoder = genai["model"]["decoder"]
-        # Keys and values, every layer: float16 on CUDA and with ghostls's attention op, float32 otherwise.
-        half = self.provider.name == "cuda" or "custom_ops_library" in decoder.get("session_options", {})
-        self.kv_bytes_per_token = (2 * decoder["num_hidden_layers"] * decoder["num_key_value_heads"]
-                                   * decoder["head_size"] * (2 if half else 4))
+        # Keys and values, every layer: float16 on CUDA, the manifest's type on the CPU (int8 rows carry a scale).
+        head = decoder["head_size"]
+        kv_cache = "float16" if self.provider.name == "cuda" else self.manifest.kv_cache
+        row_bytes = {"int8": head + 4, "float16": 2 * head}.get(kv_cache, 4 * head)
+        self.kv_bytes_per_token = 2 * decoder["num_hidden_layers"] * decoder["num_key_value_heads"] * row_bytes
         self.kv_budget_bytes = kv_budget_bytes
         self._lock = threading.Lock()
         self._caches: OrderedDict[str, _KvState] = OrderedDict()  # least recently used first

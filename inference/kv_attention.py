@@ -1,5 +1,5 @@
-"""ghostls's own attention op over a float16 KV cache (csrc/half_kv_attention.cc): building it from its source into
-the cache, and putting it into a converted CPU model in place of onnxruntime's GroupQueryAttention.
+"""ghostls's own attention ops over a float16 or int8 KV cache (csrc/kv_attention.cc): building them from their
+source into the cache, and putting one into a converted CPU model in place of onnxruntime's GroupQueryAttention.
 
 Never loads native code it did not build from that source itself: a model folder may carry the library only as a
 byte-identical copy of the one built here (cache.validate_model_dir checks it with `is_own_library`).
@@ -15,10 +15,12 @@ from pathlib import Path
 
 from ghostls.inference.cache import ModelError, models_root
 
-SOURCE = Path(__file__).parent / "csrc" / "half_kv_attention.cc"
+SOURCE = Path(__file__).parent / "csrc" / "kv_attention.cc"
 LIBRARY_NAME = "libghostls_ops.so"  # the copy's name inside a model folder
 DOMAIN = "ai.ghostls"
-OP_TYPE = "HalfKvAttention"
+# The op for each cache type, and the bytes a cache row of head_size values takes (int8: the values, then the
+# row's float32 scale, stored as 4 more int8 elements: the tensor's last dimension is head_size + 4).
+OP_TYPES = {"float16": "HalfKvAttention", "int8": "Int8KvAttention"}
 HEAD_SIZES = (16, 32, 64, 128)  # the kernel's compiled widths
 _CPU_FLAGS = ("avx2", "fma", "f16c")
 _CXXFLAGS = ("-O3", "-std=c++17", "-mavx2", "-mfma", "-mf16c", "-fPIC", "-shared", "-fvisibility=hidden")
@@ -43,7 +45,7 @@ def library_path() -> Path:
 def unavailable_reason() -> str | None:
     """Why this machine cannot run the op, or None when it can."""
     if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
-        return f"the float16 KV cache op is built for Linux x86_64, not {platform.system()} {platform.machine()}"
+        return f"the KV cache attention ops are built for Linux x86_64, not {platform.system()} {platform.machine()}"
     try:
         flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
     except (OSError, StopIteration):
@@ -74,7 +76,7 @@ def build() -> Path:
 
     compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
     if not compiler:
-        raise ModelError("no C++ compiler (g++) to build the float16 KV cache op")
+        raise ModelError("no C++ compiler (g++) to build the KV cache attention ops")
     include = _headers()
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(f".{target.name}.{os.getpid()}")
@@ -82,7 +84,7 @@ def build() -> Path:
     done = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True)
     if done.returncode != 0:
         partial.unlink(missing_ok=True)
-        raise ModelError(f"building the float16 KV cache op failed:\n{done.stderr[-2000:]}")
+        raise ModelError(f"building the KV cache attention ops failed:\n{done.stderr[-2000:]}")
     partial.replace(target)  # whole or absent, even with two conversions racing
     return target
 
@@ -149,9 +151,14 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def swap_attention(model, head_size: int) -> int:
-    """Replace each GroupQueryAttention node this op can stand in for, and turn the KV cache inputs and outputs
-    to float16. Returns how many it replaced: all of them or none (one cache type for the whole graph).
+def row_elements(cache: str, head_size: int) -> int:
+    """The KV cache tensor's last dimension for `cache` ("float16" or "int8")."""
+    return head_size + 4 if cache == "int8" else head_size
+
+
+def swap_attention(model, head_size: int, cache: str) -> int:
+    """Replace each GroupQueryAttention node the `cache` ("float16" or "int8") op can stand in for, and turn the
+    KV cache inputs and outputs to that type. Returns how many it replaced: all or none (one cache, one type).
 
     It stands in for the decoder layers onnxruntime-genai's builder writes for the CPU: packed q|k|v, rotary
     inside over the whole head, no softcap, no sliding window, float32 activations.
@@ -173,13 +180,18 @@ def swap_attention(model, head_size: int) -> int:
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         qkv, _, _, past_key, past_value, seqlens_k, total, cos, sin = node.input[:9]
         replacement = helper.make_node(
-            OP_TYPE, [qkv, past_key, past_value, seqlens_k, total, cos, sin], list(node.output), name=node.name,
+            OP_TYPES[cache], [qkv, past_key, past_value, seqlens_k, total, cos, sin], list(node.output), name=node.name,
             domain=DOMAIN, num_heads=attrs["num_heads"], kv_num_heads=attrs["kv_num_heads"],
             scale=float(attrs.get("scale") or head_size ** -0.5))
         node.CopyFrom(replacement)
     for value in [*model.graph.input, *model.graph.output]:
         if value.name in kv_names:
-            value.type.tensor_type.elem_type = TensorProto.FLOAT16
+            tensor = value.type.tensor_type
+            tensor.elem_type = TensorProto.INT8 if cache == "int8" else TensorProto.FLOAT16
+            # A fixed last dimension: onnxruntime-genai sizes each layer's cache buffer from it.
+            last = tensor.shape.dim[3]
+            last.Clear()
+            last.dim_value = row_elements(cache, head_size)
     if not any(o.domain == DOMAIN for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid(DOMAIN, 1))
     return len(gqa)
@@ -212,12 +224,12 @@ def install(model_dir: Path, library: Path) -> None:
 
 
 def main() -> int:
-    """`python -m ghostls.inference.half_kv`: build the op now (conversions build it on demand otherwise)."""
+    """`python -m ghostls.inference.kv_attention`: build the ops now (conversions build them on demand otherwise)."""
     import sys
 
     reason = unavailable_reason()
     if reason:
-        print(f"ghostls: the float16 KV cache op is not built here: {reason}", file=sys.stderr)
+        print(f"ghostls: the KV cache attention ops are not built here: {reason}", file=sys.stderr)
         return 0  # not an error: conversions keep a float32 cache on such machines
     try:
         print(build())

@@ -1,18 +1,19 @@
-// Grouped-query attention over a float16 KV cache, as an onnxruntime custom op for the CPU provider.
+// Grouped-query attention over a float16 or int8 KV cache, as onnxruntime custom ops for the CPU provider.
 //
-// It replaces com.microsoft.GroupQueryAttention (with do_rotary=1) in the models ghostls converts for the CPU:
+// They replace com.microsoft.GroupQueryAttention (with do_rotary=1) in the models ghostls converts for the CPU:
 // onnxruntime's CPU kernel keeps the cache in float32 beside float32 activations, so a decode step reads 4 bytes
-// per cached value; this one reads 2, and reads each key and value once for all the query heads that share it.
-// At a 1,000-token context that cache read is most of what separates a decode step from llama.cpp's.
+// per cached value. HalfKvAttention reads 2 (float16), Int8KvAttention about 1 (int8 with one float32 scale per
+// row of head_size values, the row's largest magnitude / 127); both read each key and value once for all the
+// query heads that share it. At a 1,000-token context that cache read is most of a decode step's attention.
 //
 // Same inputs as GroupQueryAttention's used ones, minus the empty separate key/value:
 //   0 packed q|k|v        float   [batch, sequence, (heads + 2 * kv_heads) * head_size]
-//   1 past_key            float16 [batch, kv_heads, cache_length, head_size]
-//   2 past_value          float16 [batch, kv_heads, cache_length, head_size]
+//   1 past_key            cache   [batch, kv_heads, cache_length, row]   row: head_size float16, or head_size
+//   2 past_value          cache   [batch, kv_heads, cache_length, row]        int8 then the 4 bytes of the scale
 //   3 seqlens_k           int32   [batch]      total length - 1, per batch row
 //   4 total_seq_length    int32   [1]
 //   5 cos_cache, 6 sin_cache float [positions, head_size / 2]   (rotary over the whole head, not interleaved)
-// Outputs: attention float [batch, sequence, heads * head_size], present_key, present_value (float16).
+// Outputs: attention float [batch, sequence, heads * head_size], present_key, present_value (the cache's type).
 // When the cache is long enough for the total length (onnxruntime-genai's shared past/present buffer), present
 // has past's shape and the new rows are written in place; otherwise present holds exactly the total length.
 //
@@ -94,6 +95,48 @@ inline void FloatToHalf(const float* src, uint16_t* dst, int n) {
                      _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT));
 }
 
+// How a cache row is stored. Load turns `count` rows into float32 (head_size apart); Store writes one row.
+struct HalfCache {
+  static constexpr ONNXTensorElementDataType kType = ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16;
+  static constexpr const char* kName = "HalfKvAttention";
+  static int Head(int64_t row_elements) { return static_cast<int>(row_elements); }
+  static int64_t RowElements(int head) { return head; }
+  static size_t RowBytes(int head) { return 2 * static_cast<size_t>(head); }
+  static void Load(const uint8_t* rows, int count, int head, float* out) {
+    HalfToFloat(reinterpret_cast<const uint16_t*>(rows), out, count * head);
+  }
+  static void Store(const float* values, int head, uint8_t* row) {
+    FloatToHalf(values, reinterpret_cast<uint16_t*>(row), head);
+  }
+};
+
+struct Int8Cache {
+  static constexpr ONNXTensorElementDataType kType = ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8;
+  static constexpr const char* kName = "Int8KvAttention";
+  static int Head(int64_t row_elements) { return static_cast<int>(row_elements) - 4; }
+  static int64_t RowElements(int head) { return head + 4; }
+  static size_t RowBytes(int head) { return static_cast<size_t>(head) + 4; }
+  static void Load(const uint8_t* rows, int count, int head, float* out) {
+    for (int r = 0; r < count; ++r, rows += head + 4, out += head) {
+      float scale;
+      std::memcpy(&scale, rows + head, sizeof scale);
+      const __m256 s = _mm256_set1_ps(scale);
+      for (int i = 0; i < head; i += 8) {
+        const __m256i q = _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(rows + i)));
+        _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_cvtepi32_ps(q), s));
+      }
+    }
+  }
+  static void Store(const float* values, int head, uint8_t* row) {
+    float largest = 0.0f;
+    for (int i = 0; i < head; ++i) largest = std::max(largest, std::fabs(values[i]));
+    const float scale = largest > 0.0f ? largest / 127.0f : 1.0f;
+    for (int i = 0; i < head; ++i)  // |values / scale| <= 127: no clamp needed
+      row[i] = static_cast<uint8_t>(static_cast<int8_t>(std::lrintf(values[i] / scale)));
+    std::memcpy(row + head, &scale, sizeof scale);
+  }
+};
+
 // Rotary embedding over a whole head, halves rotated (GPT-NeoX / Llama layout).
 inline void Rotate(const float* x, const float* cos, const float* sin, int head_size, float scale, float* out) {
   const int half = head_size / 2;
@@ -167,8 +210,9 @@ inline void AttendTile(const float* q, const float* keys, const float* values, i
 struct Work {
   int batch, sequence, heads, kv_heads, head_size, cache_length;
   const float* queries;  // rotated and scaled: [batch, sequence, heads, head_size]
-  const uint16_t* keys;  // present: [batch, kv_heads, cache_length, head_size]
-  const uint16_t* values;
+  const uint8_t* keys;   // present: [batch, kv_heads, cache_length] rows of row_bytes
+  const uint8_t* values;
+  size_t row_bytes;
   const int* past;       // past length per batch row
   float* out;            // [batch, sequence, heads * head_size]
   int query_blocks, key_chunks, key_chunk;
@@ -176,7 +220,7 @@ struct Work {
   int rows_per_item() const { return (heads / kv_heads) * kQueryBlock; }
 };
 
-template <int kVecs>
+template <class Cache, int kVecs>
 void RunItem(void* data, size_t index) {
   const Work& w = *static_cast<const Work*>(data);
   constexpr int kHead = kVecs * 8;
@@ -203,12 +247,14 @@ void RunItem(void* data, size_t index) {
     // The cache streams in from memory (a step's weights evict it): ask for the next tile before converting this
     // one, so that the load of one overlaps the arithmetic of the other (hardware prefetch stops at page ends).
     const int next = std::min(kKeyTile, key_end - t0 - kKeyTile);
-    for (int line = 0; line < next * kHead * 2; line += 64) {
-      _mm_prefetch(reinterpret_cast<const char*>(w.keys + (cache_row + t0 + kKeyTile) * kHead) + line, _MM_HINT_T0);
-      _mm_prefetch(reinterpret_cast<const char*>(w.values + (cache_row + t0 + kKeyTile) * kHead) + line, _MM_HINT_T0);
+    const uint8_t* next_keys = w.keys + (cache_row + t0 + kKeyTile) * w.row_bytes;
+    const uint8_t* next_values = w.values + (cache_row + t0 + kKeyTile) * w.row_bytes;
+    for (size_t line = 0; next > 0 && line < next * w.row_bytes; line += 64) {
+      _mm_prefetch(reinterpret_cast<const char*>(next_keys + line), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(next_values + line), _MM_HINT_T0);
     }
-    HalfToFloat(w.keys + (cache_row + t0) * kHead, keys, tile * kHead);
-    HalfToFloat(w.values + (cache_row + t0) * kHead, values, tile * kHead);
+    Cache::Load(w.keys + (cache_row + t0) * w.row_bytes, tile, kHead, keys);
+    Cache::Load(w.values + (cache_row + t0) * w.row_bytes, tile, kHead, values);
     // Rows of a partial last group of eight keys read zeros, not the previous tile's keys.
     std::memset(keys + tile * kHead, 0, sizeof(float) * ((tile + 7) / 8 * 8 - tile) * kHead);
     for (int s = s0; s < s1; ++s) {
@@ -265,11 +311,12 @@ void MergeChunks(const Work& w) {
         }
 }
 
-struct HalfKvAttentionKernel {
+template <class Cache>
+struct KvAttentionKernel {
   int heads, kv_heads;
   float scale;
 
-  HalfKvAttentionKernel(const OrtApi& /*api*/, const OrtKernelInfo* info) {
+  KvAttentionKernel(const OrtApi& /*api*/, const OrtKernelInfo* info) {
     Ort::ConstKernelInfo k(info);
     heads = static_cast<int>(k.GetAttribute<int64_t>("num_heads"));
     kv_heads = static_cast<int>(k.GetAttribute<int64_t>("kv_num_heads"));
@@ -301,14 +348,14 @@ struct HalfKvAttentionKernel {
     const auto past_shape = past_key.GetTensorTypeAndShapeInfo().GetShape();
     const auto rotary_shape = cos_cache.GetTensorTypeAndShapeInfo().GetShape();
     if (qkv_shape.size() != 3 || past_shape.size() != 4 || rotary_shape.size() != 2)
-      throw Ort::Exception("HalfKvAttention: packed q|k|v must be 3-D, the caches 4-D, cos/sin 2-D",
+      throw Ort::Exception("KvAttention: packed q|k|v must be 3-D, the caches 4-D, cos/sin 2-D",
                            ORT_INVALID_ARGUMENT);
     const int batch = static_cast<int>(qkv_shape[0]), sequence = static_cast<int>(qkv_shape[1]);
-    const int head = static_cast<int>(past_shape[3]);
+    const int head = Cache::Head(past_shape[3]);
     const int cache_length = static_cast<int>(past_shape[2]);
     if (qkv_shape[2] != static_cast<int64_t>(heads + 2 * kv_heads) * head || past_shape[0] != batch ||
-        past_shape[1] != kv_heads || rotary_shape[1] * 2 != head)
-      throw Ort::Exception("HalfKvAttention: shapes do not match num_heads, kv_num_heads and the cache's head size",
+        past_shape[1] != kv_heads || head <= 0 || rotary_shape[1] * 2 != head)
+      throw Ort::Exception("KvAttention: shapes do not match num_heads, kv_num_heads and the cache's head size",
                            ORT_INVALID_ARGUMENT);
     const int positions = static_cast<int>(rotary_shape[0]);
     const int total = total_input.GetTensorData<int32_t>()[0];
@@ -318,7 +365,7 @@ struct HalfKvAttentionKernel {
     for (int b = 0; b < batch; ++b) {
       past[b] = seqlens_k[b] + 1 - sequence;
       if (past[b] < 0 || past[b] + sequence > total || past[b] + sequence > positions)
-        throw Ort::Exception("HalfKvAttention: seqlens_k out of range for this sequence, total length or rotary cache",
+        throw Ort::Exception("KvAttention: seqlens_k out of range for this sequence, total length or rotary cache",
                              ORT_INVALID_ARGUMENT);
     }
 
@@ -326,20 +373,20 @@ struct HalfKvAttentionKernel {
     // Otherwise present holds exactly the total length, past copied in.
     const bool shared = cache_length >= total;
     const int present_length = shared ? cache_length : total;
-    const std::vector<int64_t> present_shape{batch, kv_heads, present_length, head};
+    const std::vector<int64_t> present_shape{batch, kv_heads, present_length, past_shape[3]};
+    const size_t row_bytes = Cache::RowBytes(head);
     auto present_key = ctx.GetOutput(1, present_shape);
     auto present_value = ctx.GetOutput(2, present_shape);
-    auto* keys = reinterpret_cast<uint16_t*>(present_key.GetTensorMutableData<Ort::Float16_t>());
-    auto* values = reinterpret_cast<uint16_t*>(present_value.GetTensorMutableData<Ort::Float16_t>());
-    const auto* old_keys = reinterpret_cast<const uint16_t*>(past_key.GetTensorData<Ort::Float16_t>());
-    const auto* old_values = reinterpret_cast<const uint16_t*>(past_value.GetTensorData<Ort::Float16_t>());
+    auto* keys = static_cast<uint8_t*>(present_key.GetTensorMutableRawData());
+    auto* values = static_cast<uint8_t*>(present_value.GetTensorMutableRawData());
+    const auto* old_keys = static_cast<const uint8_t*>(past_key.GetTensorRawData());
+    const auto* old_values = static_cast<const uint8_t*>(past_value.GetTensorRawData());
     for (int b = 0; b < batch; ++b)
       for (int g = 0; g < kv_heads; ++g) {
-        const size_t to = (static_cast<size_t>(b) * kv_heads + g) * present_length * head;
-        const size_t from = (static_cast<size_t>(b) * kv_heads + g) * cache_length * head;
-        if (keys + to != old_keys + from) std::memcpy(keys + to, old_keys + from, sizeof(uint16_t) * past[b] * head);
-        if (values + to != old_values + from)
-          std::memcpy(values + to, old_values + from, sizeof(uint16_t) * past[b] * head);
+        const size_t to = (static_cast<size_t>(b) * kv_heads + g) * present_length * row_bytes;
+        const size_t from = (static_cast<size_t>(b) * kv_heads + g) * cache_length * row_bytes;
+        if (keys + to != old_keys + from) std::memcpy(keys + to, old_keys + from, past[b] * row_bytes);
+        if (values + to != old_values + from) std::memcpy(values + to, old_values + from, past[b] * row_bytes);
       }
 
     // The new tokens: keys rotated into the cache, values copied, queries rotated and pre-scaled.
@@ -358,15 +405,15 @@ struct HalfKvAttentionKernel {
           Rotate(row + h * head, c, sn, head, scale,
                  queries.data() + ((static_cast<size_t>(b) * sequence + s) * heads + h) * head);
         for (int g = 0; g < kv_heads; ++g) {
-          const size_t at = ((static_cast<size_t>(b) * kv_heads + g) * present_length + position) * head;
+          const size_t at = ((static_cast<size_t>(b) * kv_heads + g) * present_length + position) * row_bytes;
           Rotate(row + (heads + g) * head, c, sn, head, 1.0f, rotated.data());
-          FloatToHalf(rotated.data(), keys + at, head);
-          FloatToHalf(row + (heads + kv_heads + g) * head, values + at, head);
+          Cache::Store(rotated.data(), head, keys + at);
+          Cache::Store(row + (heads + kv_heads + g) * head, head, values + at);
         }
       }
 
     auto output = ctx.GetOutput(0, std::vector<int64_t>{batch, sequence, static_cast<int64_t>(heads) * head});
-    Work w{batch, sequence, heads, kv_heads, head, present_length, queries.data(), keys, values, past.data(),
+    Work w{batch, sequence, heads, kv_heads, head, present_length, queries.data(), keys, values, row_bytes, past.data(),
            output.GetTensorMutableData<float>(), (sequence + kQueryBlock - 1) / kQueryBlock, 1, 0, nullptr};
     // One query (decoding): split each head's keys into chunks so that both threads work on a short batch.
     // Batch rows may differ in length: a chunk past a row's length finds no keys for it.
@@ -386,32 +433,33 @@ struct HalfKvAttentionKernel {
     }
     void (*run)(void*, size_t) = nullptr;
     switch (head) {
-      case 16: run = RunItem<2>; break;
-      case 32: run = RunItem<4>; break;
-      case 64: run = RunItem<8>; break;
-      case 128: run = RunItem<16>; break;
-      default: throw Ort::Exception("HalfKvAttention: head size must be 16, 32, 64 or 128", ORT_INVALID_ARGUMENT);
+      case 16: run = RunItem<Cache, 2>; break;
+      case 32: run = RunItem<Cache, 4>; break;
+      case 64: run = RunItem<Cache, 8>; break;
+      case 128: run = RunItem<Cache, 16>; break;
+      default: throw Ort::Exception("KvAttention: head size must be 16, 32, 64 or 128", ORT_INVALID_ARGUMENT);
     }
     ctx.ParallelFor(run, items, 0, &w);
     if (w.key_chunks > 1) MergeChunks(w);
   }
 };
 
-struct HalfKvAttentionOp : Ort::CustomOpBase<HalfKvAttentionOp, HalfKvAttentionKernel, true> {
+template <class Cache>
+struct KvAttentionOp : Ort::CustomOpBase<KvAttentionOp<Cache>, KvAttentionKernel<Cache>, true> {
   OrtStatusPtr CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** kernel) const {
     try {
-      *kernel = new HalfKvAttentionKernel(api, info);
+      *kernel = new KvAttentionKernel<Cache>(api, info);
       return nullptr;
     } catch (const Ort::Exception& e) {
       return Ort::GetApi().CreateStatus(e.GetOrtErrorCode(), e.what());
     }
   }
-  const char* GetName() const { return "HalfKvAttention"; }
+  const char* GetName() const { return Cache::kName; }
   size_t GetInputTypeCount() const { return 7; }
   ONNXTensorElementDataType GetInputType(size_t index) const {
     switch (index) {
       case 1:
-      case 2: return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16;
+      case 2: return Cache::kType;
       case 3:
       case 4: return ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32;
       default: return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
@@ -419,11 +467,12 @@ struct HalfKvAttentionOp : Ort::CustomOpBase<HalfKvAttentionOp, HalfKvAttentionK
   }
   size_t GetOutputTypeCount() const { return 3; }
   ONNXTensorElementDataType GetOutputType(size_t index) const {
-    return index == 0 ? ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16;
+    return index == 0 ? ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT : Cache::kType;
   }
 };
 
-const HalfKvAttentionOp kOp;
+const KvAttentionOp<HalfCache> kHalfOp;
+const KvAttentionOp<Int8Cache> kInt8Op;
 
 }  // namespace
 
@@ -439,7 +488,8 @@ RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
     std::lock_guard<std::mutex> lock(mutex);
     if (domain == nullptr) {
       domain = new Ort::CustomOpDomain("ai.ghostls");
-      domain->Add(&kOp);
+      domain->Add(&kHalfOp);
+      domain->Add(&kInt8Op);
     }
     Ort::UnownedSessionOptions(options).Add(*domain);
   } catch (const std::exception& e) {

@@ -1,0 +1,255 @@
+"""ghostls's attention ops over a float16 or int8 KV cache (inference/csrc/kv_attention.cc): the real library in
+real onnxruntime sessions, against a NumPy reference of grouped-query attention with rotary embeddings; the
+converter putting them into a model; and the rule that a model folder carries them only as a copy of ghostls's own
+build."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ghostls.inference import kv_attention
+from ghostls.inference.cache import ModelError, read_manifest, validate_model_dir
+
+pytestmark = pytest.mark.skipif(kv_attention.unavailable_reason() is not None,
+                                reason=f"{kv_attention.unavailable_reason()}")
+CACHES = ("float16", "int8")
+
+
+@pytest.fixture(scope="module")
+def library() -> Path:
+    # Built before the tests (Makefile: `python -m ghostls.inference.kv_attention`): the tests cannot reach the network
+    # for the headers, and a conversion without the library would quietly keep a float32 cache.
+    path = kv_attention.library_path()
+    assert path.is_file(), f"{path} is not built; run `python -m ghostls.inference.half_kv` first"
+    return path
+
+
+def _attention_graph(cache: str, heads: int, kv_heads: int, head_size: int) -> bytes:
+    from onnx import TensorProto as T
+    from onnx import helper
+
+    kind, row = (T.INT8 if cache == "int8" else T.FLOAT16), kv_attention.row_elements(cache, head_size)
+    inputs = [
+        helper.make_tensor_value_info("qkv", T.FLOAT, [None, None, (heads + 2 * kv_heads) * head_size]),
+        helper.make_tensor_value_info("past_key", kind, [None, kv_heads, None, row]),
+        helper.make_tensor_value_info("past_value", kind, [None, kv_heads, None, row]),
+        helper.make_tensor_value_info("seqlens_k", T.INT32, [None]),
+        helper.make_tensor_value_info("total", T.INT32, [1]),
+        helper.make_tensor_value_info("cos", T.FLOAT, [None, head_size // 2]),
+        helper.make_tensor_value_info("sin", T.FLOAT, [None, head_size // 2]),
+    ]
+    outputs = [helper.make_tensor_value_info("out", T.FLOAT, None),
+               helper.make_tensor_value_info("present_key", kind, None),
+               helper.make_tensor_value_info("present_value", kind, None)]
+    node = helper.make_node(kv_attention.OP_TYPES[cache], [i.name for i in inputs], [o.name for o in outputs],
+                            domain=kv_attention.DOMAIN, num_heads=heads, kv_num_heads=kv_heads, scale=0.3)
+    graph = helper.make_graph([node], "attention", inputs, outputs)
+    return helper.make_model(graph, ir_version=10, opset_imports=[
+        helper.make_opsetid("", 21), helper.make_opsetid(kv_attention.DOMAIN, 1)]).SerializeToString()
+
+
+def _session(library: Path, cache: str, heads: int, kv_heads: int, head_size: int):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 2  # the key-chunked decode path runs on both threads
+    options.register_custom_ops_library(str(library))
+    return ort.InferenceSession(_attention_graph(cache, heads, kv_heads, head_size), options,
+                                providers=["CPUExecutionProvider"])
+
+
+def _rotary_tables(head_size: int, positions: int = 3000) -> tuple[np.ndarray, np.ndarray]:
+    angles = np.outer(np.arange(positions), 1.0 / 10000 ** (np.arange(0, head_size, 2) / head_size))
+    return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
+
+
+def _rotate(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
+    half = x.shape[-1] // 2
+    first, second = x[..., :half], x[..., half:]
+    return np.concatenate([first * cos - second * sin, second * cos + first * sin], axis=-1)
+
+
+def _quantize(rows: np.ndarray) -> np.ndarray:
+    """int8 cache rows as the op writes them: the values / (largest magnitude / 127), rounded, then the scale's
+    four bytes."""
+    scale = np.abs(rows).max(-1, keepdims=True).astype(np.float32) / np.float32(127)
+    scale[scale == 0] = 1
+    values = np.rint(rows / scale).astype(np.int8)
+    return np.concatenate([values, scale.astype(np.float32).view(np.int8)], axis=-1)
+
+
+def _dequantize(cache: str, rows: np.ndarray) -> np.ndarray:
+    if cache == "float16":
+        return rows.astype(np.float64)
+    scale = np.ascontiguousarray(rows[..., -4:]).view(np.float32)
+    with np.errstate(invalid="ignore", over="ignore"):  # rows past the total length were never written
+        return rows[..., :-4].astype(np.float64) * scale
+
+
+def _random_cache(cache: str, rng, shape) -> np.ndarray:
+    rows = rng.standard_normal(shape).astype(np.float32)
+    return rows.astype(np.float16) if cache == "float16" else _quantize(rows)
+
+
+def _check(cache, session, qkv, past_key, past_value, pasts, heads, kv_heads, head_size, cos, sin, case) -> None:
+    """Run the op and check it: the past rows kept byte for byte, the new rows the rotated keys and the values
+    as the cache type stores them, and the output the attention of each query over the cache up to its own
+    position (float64 over the rows the op wrote)."""
+    batch, sequence, _ = qkv.shape
+    out, keys, values = session.run(None, {
+        "qkv": qkv, "past_key": past_key, "past_value": past_value, "cos": cos, "sin": sin,
+        "seqlens_k": np.array([p + sequence - 1 for p in pasts], np.int32),
+        "total": np.array([max(pasts) + sequence], np.int32)})
+    assert keys.shape[2] == max(past_key.shape[2], max(pasts) + sequence), case
+    q = qkv[..., :heads * head_size].reshape(batch, sequence, heads, head_size).astype(np.float64)
+    k = qkv[..., heads * head_size:(heads + kv_heads) * head_size].reshape(batch, sequence, kv_heads, head_size)
+    v = qkv[..., (heads + kv_heads) * head_size:].reshape(batch, sequence, kv_heads, head_size)
+    stored_keys, stored_values = _dequantize(cache, keys), _dequantize(cache, values)
+    for b, past in enumerate(pasts):
+        np.testing.assert_array_equal(keys[b, :, :past], past_key[b, :, :past], err_msg=case)
+        np.testing.assert_array_equal(values[b, :, :past], past_value[b, :, :past], err_msg=case)
+        positions = past + np.arange(sequence)
+        c, s = cos[positions][:, None, :], sin[positions][:, None, :]
+        for new, written in ((_rotate(k[b].astype(np.float64), c, s), stored_keys), (v[b], stored_values)):
+            got = written[b][:, positions].transpose(1, 0, 2)
+            # One rounding step of the cache type (float32 against float64 rotation may land on either side).
+            step = (np.abs(new) * 2 ** -10 if cache == "float16"
+                    else np.abs(new).max(-1, keepdims=True) / 127 * 0.51) + 1e-6
+            assert (np.abs(got - new) <= step).all(), case
+        q_rotated = _rotate(q[b], c, s)
+        for h in range(heads):
+            g = h // (heads // kv_heads)
+            for i, p in enumerate(positions):
+                scores = stored_keys[b, g, :p + 1] @ q_rotated[i, h] * 0.3
+                weights = np.exp(scores - scores.max())
+                expected = weights / weights.sum() @ stored_values[b, g, :p + 1]
+                np.testing.assert_allclose(out[b, i, h * head_size:(h + 1) * head_size], expected, atol=1e-4,
+                                           err_msg=case)
+
+
+# (sequence, past, cache length, batch): one-token decodes short and long (the long ones split the keys into
+# chunks across threads), a cache exactly full, one that must grow (not onnxruntime-genai's shared buffer),
+# prompt chunks from empty and after a past, batch rows of different lengths.
+CASES = [(1, 0, 64, 1), (1, 5, 64, 1), (1, 300, 400, 1), (1, 1000, 1100, 1), (1, 1023, 1024, 1), (1, 9, 9, 1),
+         (7, 0, 64, 1), (100, 0, 256, 1), (40, 300, 400, 1), (13, 700, 713, 1), (3, 10, 13, 2), (5, 59, 64, 2)]
+
+
+@pytest.mark.parametrize("cache", CACHES)
+@pytest.mark.parametrize("heads,kv_heads,head_size", [(9, 3, 64), (4, 2, 16), (4, 2, 32), (8, 1, 128), (4, 4, 64)])
+def test_attention_matches_the_reference(library: Path, cache: str, heads: int, kv_heads: int,
+                                         head_size: int) -> None:
+    session = _session(library, cache, heads, kv_heads, head_size)
+    cos, sin = _rotary_tables(head_size)
+    rng = np.random.default_rng(head_size + heads)
+    for sequence, past, cache_length, batch in CASES:
+        pasts = [past, max(0, past - 2)][:batch]
+        qkv = (rng.standard_normal((batch, sequence, (heads + 2 * kv_heads) * head_size)) * 2).astype(np.float32)
+        past_key = _random_cache(cache, rng, (batch, kv_heads, cache_length, head_size))
+        past_value = _random_cache(cache, rng, (batch, kv_heads, cache_length, head_size))
+        _check(cache, session, qkv, past_key, past_value, pasts, heads, kv_heads, head_size, cos, sin,
+               f"{cache}: sequence {sequence}, past {past}, cache {cache_length}, batch {batch}")
+
+
+def test_a_bad_request_is_an_error_and_the_session_goes_on(library: Path) -> None:
+    from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
+
+    session = _session(library, "float16", 4, 2, 16)
+    cos, sin = _rotary_tables(16, positions=8)
+    feeds = {"qkv": np.zeros((1, 1, 128), np.float32), "cos": cos, "sin": sin,
+             "past_key": np.zeros((1, 2, 16, 16), np.float16), "past_value": np.zeros((1, 2, 16, 16), np.float16),
+             "seqlens_k": np.array([8], np.int32), "total": np.array([9], np.int32)}
+    with pytest.raises(InvalidArgument, match="out of range"):  # position 8 is past the rotary table's 8
+        session.run(None, feeds)
+    feeds.update(seqlens_k=np.array([3], np.int32), total=np.array([4], np.int32))
+    out, _, _ = session.run(None, feeds)
+    assert out.shape == (1, 1, 64)
+
+
+def _logits(model_dir: Path) -> np.ndarray:
+    """Last-position logits after a 64-token prompt (the prefill path) and after four more tokens fed one at a
+    time (the one-query path), the same tokens for every model."""
+    import onnxruntime_genai as og
+
+    model = og.Model(str(model_dir))
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=96, do_sample=False)
+    generator = og.Generator(model, params)
+    generator.append_tokens(list(range(3, 67)))
+    steps = [generator.get_logits()[0, -1].copy()]
+    for token in (5, 9, 11, 40):
+        generator.append_tokens([token])
+        steps.append(generator.get_logits()[0, -1].copy())
+    return np.array(steps)
+
+
+def test_conversion_swaps_in_the_op_for_each_cache_type(library: Path, tiny_checkpoints,
+                                                        tiny_model: Callable[[str], Path], tmp_path: Path) -> None:
+    """A checkpoint's default is float16; int8 is asked for; float32 keeps onnxruntime's attention. Each swapped
+    model carries the library and a cache of its type, sized so (int8 rows: head size 16 + the scale's 4 bytes)."""
+    import onnx
+
+    from ghostls.inference.convert import convert
+    from ghostls.inference.engine import Engine
+
+    models = {"float16": tiny_model("starcoder")}
+    for cache in ("int8", "float32"):
+        models[cache] = convert(tiny_checkpoints["starcoder"], out_root=tmp_path / cache, kv_cache=cache)
+    for cache, model_dir in models.items():
+        assert read_manifest(model_dir).kv_cache == cache
+        graph = onnx.load(str(model_dir / "model.onnx"), load_external_data=False).graph
+        ops = [n.op_type for n in graph.node]
+        past = next(v for v in graph.input if v.name == "past_key_values.0.key").type.tensor_type
+        if cache == "float32":
+            assert ops.count("GroupQueryAttention") == 2 and not (model_dir / kv_attention.LIBRARY_NAME).exists()
+            continue
+        assert ops.count(kv_attention.OP_TYPES[cache]) == 2 and "GroupQueryAttention" not in ops
+        assert past.shape.dim[3].dim_value == kv_attention.row_elements(cache, 16)
+        assert kv_attention.is_own_library(model_dir / kv_attention.LIBRARY_NAME)
+    per_token = {cache: Engine(model_dir).kv_bytes_per_token for cache, model_dir in models.items()}
+    assert per_token == {"float32": 2 * 2 * 2 * 16 * 4, "float16": 2 * 2 * 2 * 16 * 2, "int8": 2 * 2 * 2 * 20}
+
+
+@pytest.mark.parametrize("cache,tolerance", [("float16", 1e-3), ("int8", 5e-3)])
+def test_a_cache_type_keeps_the_logits_of_float32s(library: Path, tiny_checkpoints, tmp_path: Path, cache: str,
+                                                   tolerance: float) -> None:
+    """At precision fp32 (int8's dynamic activation quantization would magnify any difference), the logits stay
+    within the cache type's rounding of the float32 cache's. Measured: float16 8e-5 of the largest logit, int8
+    1.9e-3."""
+    from ghostls.inference.convert import convert
+
+    reference = _logits(convert(tiny_checkpoints["starcoder"], precision="fp32", out_root=tmp_path / "float32",
+                                kv_cache="float32"))
+    logits = _logits(convert(tiny_checkpoints["starcoder"], precision="fp32", out_root=tmp_path / cache,
+                             kv_cache=cache))
+    assert np.abs(logits - reference).max() < tolerance * np.abs(reference).max()
+
+
+def test_a_model_folder_carries_only_ghostls_own_build(library: Path, tiny_model: Callable[[str], Path],
+                                                       tmp_path: Path) -> None:
+    folder = shutil.copytree(tiny_model("starcoder"), tmp_path / "model")
+    validate_model_dir(folder)  # the copy of the library ghostls built is accepted
+
+    copy = folder / kv_attention.LIBRARY_NAME
+    tampered = bytearray(copy.read_bytes())
+    tampered[-1] ^= 0xFF
+    copy.write_bytes(bytes(tampered))
+    with pytest.raises(ModelError, match=f"can run code.*{kv_attention.LIBRARY_NAME}"):
+        validate_model_dir(folder)
+
+    copy.unlink()  # named in genai_config.json, absent: onnxruntime would search the system for that name
+    with pytest.raises(ModelError, match=f"does not hold it"):
+        validate_model_dir(folder)
+
+    shutil.copy2(library, copy)
+    config_path = folder / "genai_config.json"
+    config = json.loads(config_path.read_text())
+    config["model"]["decoder"]["session_options"]["custom_ops_library"] = str(library)  # even ghostls's own path
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(ModelError, match="custom_ops_library"):
+        validate_model_dir(folder)
