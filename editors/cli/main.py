@@ -99,6 +99,10 @@ def _parser() -> argparse.ArgumentParser:
                               "int8 against int8 activations, CPU only; auto: w8a8 for a .gguf on the CPU, "
                               "native on CUDA, int8 for a checkpoint)")
     convert.add_argument("--provider", default="cpu", choices=["cpu", "cuda"], help="execution provider it is built for")
+    convert.add_argument("--kv-cache", default="auto", choices=["auto", "int8", "float16", "float32"],
+                         help="KV cache type on the CPU: int8 and float16 run ghostls's own attention op (built "
+                              "on first use with g++); auto: int8 for a .gguf, float16 for a checkpoint, float32 "
+                              "where the op cannot run")
     convert.add_argument("--force", action="store_true", help="convert again even if the cache has it")
     convert.set_defaults(func=_model_convert)
     listing = model_sub.add_parser("list", help="list converted models")
@@ -406,7 +410,7 @@ def _model_convert(args) -> int:
     try:
         source = Path(args.source) if args.source else embedded.embedded_gguf_path()
         out = convert.convert(source, precision=args.precision, execution_provider=args.provider,
-                              force=args.force, progress=progress)
+                              force=args.force, progress=progress, kv_cache=args.kv_cache)
     except ModelError as exc:
         bar.close()
         print(f"ghostls: {exc}", file=sys.stderr)
