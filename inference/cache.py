@@ -156,8 +156,9 @@ def _custom_ops_libraries(config) -> set[str]:
 def validate_model_dir(model_dir: Path, *, check_hash: bool = True) -> ModelManifest:
     """Check a converted model before any runtime reads it; returns its manifest or raises ModelError.
 
-    Only ONNX, JSON and tokenizer files may be present: no pickles, no custom-op libraries. The graph file must
-    look like protobuf and match the sha256 the manifest recorded; every recorded file must have its size.
+    Only ONNX, JSON and tokenizer files may be present: no pickles, no custom-op libraries but a byte-identical
+    copy of ghostls's own attention ops. The graph file must look like protobuf and match the sha256 the manifest
+    recorded; every recorded file must have its size.
     """
     from ghostls.inference import kv_attention
 
@@ -165,6 +166,10 @@ def validate_model_dir(model_dir: Path, *, check_hash: bool = True) -> ModelMani
     if not model_dir.is_dir():
         raise ModelError(f"model folder {model_dir} does not exist")
     bad = unsafe_files(model_dir)
+    if bad == [model_dir / kv_attention.LIBRARY_NAME]:
+        raise ModelError(f"refusing to load {model_dir}: it holds a file that can run code when loaded "
+                         f"({kv_attention.LIBRARY_NAME}, not the attention ops this ghostls built: made by another "
+                         "version?); convert the model again with --force")
     if bad:
         names = ", ".join(str(p.relative_to(model_dir)) for p in bad)
         raise ModelError(
