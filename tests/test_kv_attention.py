@@ -166,9 +166,19 @@ def test_a_bad_request_is_an_error_and_the_session_goes_on(library: Path) -> Non
              "seqlens_k": np.array([8], np.int32), "total": np.array([9], np.int32)}
     with pytest.raises(InvalidArgument, match="out of range"):  # position 8 is past the rotary table's 8
         session.run(None, feeds)
+    with pytest.raises(InvalidArgument, match="one per batch row"):
+        session.run(None, {**feeds, "seqlens_k": np.array([], np.int32)})
     feeds.update(seqlens_k=np.array([3], np.int32), total=np.array([4], np.int32))
     out, _, _ = session.run(None, feeds)
     assert out.shape == (1, 1, 64)
+
+    odd = _session(library, "float16", 2, 1, 48)  # a head size the kernel has no width for
+    cos, sin = _rotary_tables(48, positions=8)
+    with pytest.raises(InvalidArgument, match="head size must be"):
+        odd.run(None, {"qkv": np.zeros((1, 1, 192), np.float32), "cos": cos, "sin": sin,
+                       "past_key": np.zeros((1, 1, 8, 48), np.float16),
+                       "past_value": np.zeros((1, 1, 8, 48), np.float16),
+                       "seqlens_k": np.array([0], np.int32), "total": np.array([1], np.int32)})
 
 
 def _logits(model_dir: Path) -> np.ndarray:

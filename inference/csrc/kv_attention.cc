@@ -357,6 +357,18 @@ struct KvAttentionKernel {
         past_shape[1] != kv_heads || head <= 0 || rotary_shape[1] * 2 != head)
       throw Ort::Exception("KvAttention: shapes do not match num_heads, kv_num_heads and the cache's head size",
                            ORT_INVALID_ARGUMENT);
+    void (*run)(void*, size_t) = nullptr;
+    switch (head) {
+      case 16: run = RunItem<Cache, 2>; break;
+      case 32: run = RunItem<Cache, 4>; break;
+      case 64: run = RunItem<Cache, 8>; break;
+      case 128: run = RunItem<Cache, 16>; break;
+      default: throw Ort::Exception("KvAttention: head size must be 16, 32, 64 or 128", ORT_INVALID_ARGUMENT);
+    }
+    if (total_input.GetTensorTypeAndShapeInfo().GetElementCount() != 1 ||
+        seqlens.GetTensorTypeAndShapeInfo().GetElementCount() != static_cast<size_t>(batch))
+      throw Ort::Exception("KvAttention: total_sequence_length must hold one value and seqlens_k one per batch row",
+                           ORT_INVALID_ARGUMENT);
     const int positions = static_cast<int>(rotary_shape[0]);
     const int total = total_input.GetTensorData<int32_t>()[0];
     const int32_t* seqlens_k = seqlens.GetTensorData<int32_t>();
@@ -431,15 +443,7 @@ struct KvAttentionKernel {
       partials.resize(items * w.rows_per_item() * (head + 2));
       w.partials = partials.data();
     }
-    void (*run)(void*, size_t) = nullptr;
-    switch (head) {
-      case 16: run = RunItem<Cache, 2>; break;
-      case 32: run = RunItem<Cache, 4>; break;
-      case 64: run = RunItem<Cache, 8>; break;
-      case 128: run = RunItem<Cache, 16>; break;
-      default: throw Ort::Exception("KvAttention: head size must be 16, 32, 64 or 128", ORT_INVALID_ARGUMENT);
-    }
-    ctx.ParallelFor(run, items, 0, &w);
+    if (items > 0) ctx.ParallelFor(run, items, 0, &w);
     if (w.key_chunks > 1) MergeChunks(w);
   }
 };
