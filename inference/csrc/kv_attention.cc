@@ -37,7 +37,10 @@
 
 namespace {
 
-constexpr int kKeyTile = 64;          // keys converted to float32 at a time (L1-sized for head_size <= 128)
+// Keys converted to float32 at a time: their keys and values take 16 KB at head size 64 (32 at 128), leaving L1
+// room for the queries and scores. 64 keys filled a 32 KB L1 at head size 64: paired A/B on the embedded model at
+// 1,000 tokens, 32 against 64, decode 1.075x, prefill time 0.958 (smaller tiles measured within noise).
+constexpr int kKeyTile = 32;
 constexpr int kQueryBlock = 8;        // queries per work item when prefilling
 constexpr int kDecodeKeyChunk = 256;  // keys per work item for a single query: splits the cache across threads
 
