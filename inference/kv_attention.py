@@ -18,8 +18,8 @@ from ghostls.inference.cache import ModelError, models_root
 SOURCE = Path(__file__).parent / "csrc" / "kv_attention.cc"
 LIBRARY_NAME = "libghostls_ops.so"  # the copy's name inside a model folder
 DOMAIN = "ai.ghostls"
-# The op for each cache type, and the bytes a cache row of head_size values takes (int8: the values, then the
-# row's float32 scale, stored as 4 more int8 elements: the tensor's last dimension is head_size + 4).
+# The op for each cache type. An int8 row holds head_size values, then the row's float32 scale as 4 more int8
+# elements (row_elements below).
 OP_TYPES = {"float16": "HalfKvAttention", "int8": "Int8KvAttention"}
 HEAD_SIZES = (16, 32, 64, 128)  # the kernel's compiled widths
 _CPU_FLAGS = ("avx2", "fma", "f16c")

@@ -253,7 +253,7 @@ def test_a_model_folder_carries_only_ghostls_own_build(library: Path, tiny_model
         validate_model_dir(folder)
 
     copy.unlink()  # named in genai_config.json, absent: onnxruntime would search the system for that name
-    with pytest.raises(ModelError, match=f"does not hold it"):
+    with pytest.raises(ModelError, match="does not hold it"):
         validate_model_dir(folder)
 
     shutil.copy2(library, copy)
