@@ -245,7 +245,8 @@ def convert(
 
         report("finalizing", 0.0)
         kv_cache = _use_kv_attention(built, kv_cache, execution_provider, source.is_gguf)
-        _set_thread_count(built / GENAI_CONFIG)
+        # The builder leaves intra_op_num_threads unset, and ONNX Runtime GenAI then ran prefill on one thread.
+        _set_session_options(built / GENAI_CONFIG, intra_op_num_threads=_cpu_cores())
         _write_manifest(built, dest.name, src, source_sha, fingerprint, precision, execution_provider, weights,
                         kv_cache)
         validate_model_dir(built)
@@ -343,7 +344,8 @@ def _use_kv_attention(model_dir: Path, kv_cache: str, execution_provider: str, i
         else:
             if kv_attention.swap_attention(model, head_size, wanted):
                 onnx.save_model(model, str(model_dir / MODEL_FILE))
-                kv_attention.install(model_dir, library)
+                _set_session_options(model_dir / GENAI_CONFIG,
+                                     custom_ops_library=kv_attention.install(model_dir, library))
             elif kv_cache != AUTO:
                 raise ModelError(
                     "this model's attention is not one ghostls's KV cache op stands in for (it takes packed "
@@ -388,11 +390,10 @@ def _log_tail(path: Path) -> str:
     return "\n".join(lines)[-_LOG_TAIL_CHARS:]
 
 
-def _set_thread_count(config_path: Path) -> None:
-    # The builder leaves intra_op_num_threads unset, and ONNX Runtime GenAI then ran prefill on one thread.
+def _set_session_options(config_path: Path, **options) -> None:
+    """Set onnxruntime session options in genai_config.json's decoder section."""
     config = json.loads(config_path.read_text(encoding="utf-8"))
-    options = config["model"]["decoder"].setdefault("session_options", {})
-    options["intra_op_num_threads"] = _cpu_cores()
+    config["model"]["decoder"].setdefault("session_options", {}).update(options)
     config_path.write_text(json.dumps(config, indent=4) + "\n", encoding="utf-8")
 
 

@@ -13,7 +13,7 @@ import platform
 import shutil
 from pathlib import Path
 
-from ghostls.inference.cache import ModelError, models_root
+from ghostls.inference.cache import ModelError, models_root, sha256_file
 
 SOURCE = Path(__file__).parent / "csrc" / "kv_attention.cc"
 LIBRARY_NAME = "libghostls_ops.so"  # the copy's name inside a model folder
@@ -145,13 +145,9 @@ def is_own_library(path: Path) -> bool:
     """Whether `path` holds exactly the library ghostls built from its own source."""
     try:
         own = library_path()
-        return own.is_file() and path.is_file() and _sha256(own) == _sha256(path)
+        return own.is_file() and path.is_file() and sha256_file(own) == sha256_file(path)
     except OSError:  # the source is not installed beside this module: nothing counts as its build
         return False
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def row_elements(cache: str, head_size: int) -> int:
@@ -212,18 +208,11 @@ def _swappable(node, inits: dict, head_size: int) -> bool:
             and len(node.output) == 3 and cos is not None and list(cos.dims)[1:] == [head_size // 2])
 
 
-def install(model_dir: Path, library: Path) -> None:
-    """Put the library's copy into the model folder and name it in genai_config.json (onnxruntime-genai loads
-    custom ops only from inside the model folder)."""
-    import json
-
-    from ghostls.inference.cache import GENAI_CONFIG
-
+def install(model_dir: Path, library: Path) -> str:
+    """Put the library's copy into the model folder; returns the name genai_config.json's custom_ops_library must
+    give it (onnxruntime-genai loads custom ops only from inside the model folder)."""
     shutil.copy2(library, model_dir / LIBRARY_NAME)
-    config_path = model_dir / GENAI_CONFIG
-    config = json.loads(config_path.read_text(encoding="utf-8"))
-    config["model"]["decoder"].setdefault("session_options", {})["custom_ops_library"] = LIBRARY_NAME
-    config_path.write_text(json.dumps(config, indent=4) + "\n", encoding="utf-8")
+    return LIBRARY_NAME
 
 
 def main() -> int:
