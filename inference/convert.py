@@ -59,9 +59,10 @@ STAGES = ("reading GGUF", "writing safetensors", "building ONNX", "requantizing"
 # Options for onnxruntime-genai's builder. prune_lm_head computes logits for the last position only: a
 # completion never needs the others, and the LM head over every prompt token is a fifth of a small
 # model's prefill. RECIPE names this set and what the converter does after the builder: bump it when they
-# change, and cached models are converted again (4: the float16 KV cache op; 5: int8 for a GGUF).
+# change, and cached models are converted again (4: the float16 KV cache op; 5: int8 for a GGUF; 6: small
+# nodes folded into ghostls's ops).
 BUILDER_OPTIONS = ("prune_lm_head=true",)
-RECIPE = 5
+RECIPE = 6
 # Files of a Hugging Face checkpoint the converter may read: weights, configs, tokenizer data. Everything else
 # (pickled weights, remote-code *.py, READMEs) stays out of the folder the builder sees.
 _CHECKPOINT_SUFFIXES = (".json", ".safetensors", ".txt", ".model", ".jinja")
@@ -324,8 +325,8 @@ def _requantize(fp32: Path, out: Path, report: Progress, calibrate: bool = False
 
 
 def _use_kv_attention(model_dir: Path, kv_cache: str, execution_provider: str, is_gguf: bool) -> str:
-    """Swap in ghostls's attention op for the KV cache type asked for, where possible; returns the type the model
-    ends with. "auto" keeps float32 where the op cannot be had (saying why on stderr); an explicit type not met is
+    """Swap in ghostls's attention op for the KV cache type asked for, where possible, and fold the small nodes
+    around it into ghostls's ops; returns the KV cache type the model ends with. "auto" keeps float32 where the op cannot be had (saying why on stderr); an explicit type not met is
     an error."""
     import onnx
 
@@ -343,6 +344,7 @@ def _use_kv_attention(model_dir: Path, kv_cache: str, execution_provider: str, i
             print(f"ghostls: keeping a float32 KV cache: {e}", file=sys.stderr)
         else:
             if kv_attention.swap_attention(model, head_size, wanted):
+                kv_attention.fuse_small_nodes(model)
                 onnx.save_model(model, str(model_dir / MODEL_FILE))
                 _set_session_options(model_dir / GENAI_CONFIG,
                                      custom_ops_library=kv_attention.install(model_dir, library))

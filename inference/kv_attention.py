@@ -1,5 +1,6 @@
-"""ghostls's own attention ops over a float16 or int8 KV cache (csrc/kv_attention.cc): building them from their
-source into the cache, and putting one into a converted CPU model in place of onnxruntime's GroupQueryAttention.
+"""ghostls's own onnxruntime ops (csrc/): building them from their source into the cache, and putting them into a
+converted CPU model: an attention op over a float16 or int8 KV cache in place of onnxruntime's GroupQueryAttention
+(kv_attention.cc), and, around it, ops that each stand in for a run of small nodes (`fuse_small_nodes`).
 
 Never loads native code it did not build from that source itself: a model folder may carry the library only as a
 byte-identical copy of the one built here (cache.validate_model_dir checks it with `is_own_library`).
@@ -13,9 +14,12 @@ import platform
 import shutil
 from pathlib import Path
 
+import numpy as np
+
 from ghostls.inference.cache import ModelError, models_root, sha256_file
 
-SOURCE = Path(__file__).parent / "csrc" / "kv_attention.cc"
+SOURCE_DIR = Path(__file__).parent / "csrc"
+SOURCES = ("register.cc", "kv_attention.cc", "gated_silu.cc")  # compiled together; their headers: ops.h, simd.h
 LIBRARY_NAME = "libghostls_ops.so"  # the copy's name inside a model folder
 DOMAIN = "ai.ghostls"
 # The op for each cache type. An int8 row holds head_size values, then the row's float32 scale as 4 more int8
@@ -38,7 +42,11 @@ def native_root() -> Path:
 
 def library_path() -> Path:
     """The library for this source and these flags; a changed source builds (and converts) anew."""
-    key = hashlib.sha256(SOURCE.read_bytes() + " ".join(_CXXFLAGS).encode()).hexdigest()[:16]
+    digest = hashlib.sha256(" ".join(_CXXFLAGS).encode())
+    for source in sorted(SOURCE_DIR.iterdir()):
+        if source.suffix in (".cc", ".h"):
+            digest.update(source.name.encode() + b"\0" + source.read_bytes())
+    key = digest.hexdigest()[:16]
     return native_root() / f"libghostls_ops-{key}.so"
 
 
@@ -80,7 +88,7 @@ def build() -> Path:
     include = _headers()
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(f".{target.name}.{os.getpid()}")
-    cmd = [compiler, *_CXXFLAGS, f"-I{include}", str(SOURCE), "-o", str(partial)]
+    cmd = [compiler, *_CXXFLAGS, f"-I{include}", *(str(SOURCE_DIR / name) for name in SOURCES), "-o", str(partial)]
     done = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True)
     if done.returncode != 0:
         partial.unlink(missing_ok=True)
@@ -206,6 +214,156 @@ def _swappable(node, inits: dict, head_size: int) -> bool:
             and attrs.get("local_window_size", -1) == -1 and attrs.get("qk_output", 0) == 0
             and inputs[0] and not inputs[1] and not inputs[2] and all(inputs[3:9]) and not any(inputs[9:])
             and len(node.output) == 3 and cos is not None and list(cos.dims)[1:] == [head_size // 2])
+
+
+TO_INT8 = "ToInt8"  # the suffix of an attention op's variant whose output comes quantized per token
+GATED_SILU = "GatedSilu"
+
+
+def fuse_small_nodes(model) -> dict[str, int]:
+    """Fold runs of small nodes into ghostls's ops, in place; returns how many runs of each kind it folded.
+
+    A decode step runs each node of the graph once, on a few thousand floats at most, and each node has a fixed
+    cost (a kernel call, an output allocation, often a hand-off to the other thread): four such nodes fewer per
+    layer made a decode step 7% quicker in a paired A/B (docs/benchmarks.md, session 9). Two runs are folded:
+    - the per-token quantization (Abs, ReduceMax, Max, Div, QuantizeLinear) requantize.py writes on an attention
+      op's output for W8A8's o projection: into the op's ...ToInt8 variant, which outputs those rows and amax;
+    - an MLP's Split of gate|up, Sigmoid, Mul, Mul and, when the down projection is Q4_1, its offsets' Reshape,
+      ReduceSum and MatMul: into one GatedSilu.
+    Only runs whose intermediate values nothing else reads are folded: the graph computes the same values.
+    """
+    from onnx import TensorProto, numpy_helper
+
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    graph_outputs = {o.name for o in graph.output}
+    readers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+
+    def only_reader(name: str, op_type: str):
+        found = readers.get(name, [])
+        if len(found) == 1 and found[0].op_type == op_type and name not in graph_outputs:
+            return found[0]
+        return None
+
+    def constant(name: str):
+        """A small initializer's value; None for a non-initializer or one whose data lies outside the graph."""
+        init = inits.get(name)
+        if init is None or init.data_location == TensorProto.EXTERNAL:
+            return None
+        return numpy_helper.to_array(init)
+
+    removed: list = []
+    counts = {"attention to int8": 0, GATED_SILU: 0}
+    for node in list(graph.node):
+        if node.domain == DOMAIN and node.op_type in OP_TYPES.values():
+            run = _per_token_quantization(node.output[0], readers, only_reader, constant)
+            if run:
+                absolute, reduce_max, floor, divide, quantize = run
+                node.op_type += TO_INT8
+                node.output[0] = quantize.output[0]
+                node.output.append(floor.output[0])
+                removed += run
+                counts["attention to int8"] += 1
+        elif node.op_type == "Split" and node.domain in ("", "ai.onnx"):
+            run = _gated_silu(node, readers, only_reader, constant, inits)
+            if run:
+                nodes, inputs, outputs = run
+                fused = _make_node(GATED_SILU, inputs, outputs, f"{node.name or node.output[0]}/{GATED_SILU}")
+                node.CopyFrom(fused)
+                removed += nodes
+                counts[GATED_SILU] += 1
+    if removed:
+        # A node's op type and first output name it: each value has one producer (the fused ops took over some).
+        gone = {(n.op_type, n.output[0]) for n in removed}
+        kept = [n for n in graph.node if (n.op_type, n.output[0]) not in gone]
+        del graph.node[:]
+        graph.node.extend(kept)
+        used = {name for n in graph.node for name in n.input}
+        still = [i for i in graph.initializer if i.name in used or i.name in graph_outputs]
+        del graph.initializer[:]
+        graph.initializer.extend(still)
+        produced = {out for n in graph.node for out in n.output} | {i.name for i in graph.input} | used
+        info = [v for v in graph.value_info if v.name in produced]
+        del graph.value_info[:]
+        graph.value_info.extend(info)
+    return counts
+
+
+def _make_node(op_type: str, inputs: list[str], outputs: list[str], name: str):
+    from onnx import helper
+
+    return helper.make_node(op_type, inputs, outputs, name=name, domain=DOMAIN)
+
+
+def _per_token_quantization(x: str, readers: dict, only_reader, constant) -> list | None:
+    """The five nodes of requantize._quantize_per_token on `x`, [Abs, ReduceMax, Max, Div, QuantizeLinear], if
+    they are exactly what reads `x` (and their parts are read nowhere else but the amax), else None."""
+    found = {n.op_type: n for n in readers.get(x, [])}
+    if len(readers.get(x, [])) != 2 or set(found) != {"Abs", "Div"}:
+        return None
+    absolute, divide = found["Abs"], found["Div"]
+    reduce_max = only_reader(absolute.output[0], "ReduceMax")
+    floor = only_reader(reduce_max.output[0], "Max") if reduce_max is not None else None
+    quantize = only_reader(divide.output[0], "QuantizeLinear")
+    if floor is None or quantize is None or list(divide.input) != [x, floor.output[0]]:
+        return None
+    keepdims = next((a.i for a in reduce_max.attribute if a.name == "keepdims"), 1)
+    axes = constant(reduce_max.input[1]) if len(reduce_max.input) > 1 else None
+    tiny = constant(floor.input[1]) if len(floor.input) == 2 else None
+    step = constant(quantize.input[1])
+    zero = constant(quantize.input[2]) if len(quantize.input) > 2 else None
+    if (keepdims != 1 or axes is None or axes.tolist() != [-1] or tiny is None or tiny.size != 1
+            or not 0 < float(tiny) <= 1e-12 or step is None or step.size != 1 or float(step) != np.float32(1 / 127)
+            or zero is None or zero.dtype != np.uint8 or zero.size != 1 or int(zero) != 128):
+        return None
+    return [absolute, reduce_max, floor, divide, quantize]
+
+
+def _gated_silu(split, readers: dict, only_reader, constant, inits: dict) -> tuple[list, list[str], list[str]] | None:
+    """For a Split of gate|up into equal halves followed by silu(gate) * up (and, optionally, the Q4_1 offsets of
+    what reads that): (the nodes GatedSilu replaces besides the Split, its inputs, its outputs), else None."""
+    if len(split.output) != 2 or len(split.input) != 2 or not all(split.output):
+        return None
+    axis = next((a.i for a in split.attribute if a.name == "axis"), 0)
+    sizes = constant(split.input[1])
+    if axis != -1 or sizes is None or sizes.shape != (2,) or sizes[0] != sizes[1]:
+        return None
+    gate, up = split.output
+    gate_readers = readers.get(gate, [])
+    sigmoid = next((n for n in gate_readers if n.op_type == "Sigmoid"), None)
+    if len(gate_readers) != 2 or sigmoid is None:
+        return None
+    activation = only_reader(sigmoid.output[0], "Mul")
+    if activation is None or sorted(activation.input) != sorted([gate, sigmoid.output[0]]) \
+            or activation not in gate_readers:
+        return None
+    product = only_reader(activation.output[0], "Mul")
+    up_reader = only_reader(up, "Mul")
+    if product is None or sorted(product.input) != sorted([activation.output[0], up]) \
+            or up_reader is None or up_reader.output[0] != product.output[0]:
+        return None
+    nodes = [sigmoid, activation, product]
+    inputs, outputs = [split.input[0]], [product.output[0]]
+    n = int(sizes[0])
+    reshape = next((r for r in readers.get(product.output[0], []) if r.op_type == "Reshape"), None)
+    reduce_sum = only_reader(reshape.output[0], "ReduceSum") if reshape is not None else None
+    matmul = only_reader(reduce_sum.output[0], "MatMul") if reduce_sum is not None else None
+    if matmul is not None and matmul.input[0] == reduce_sum.output[0]:
+        from onnx import TensorProto
+
+        shape, axes, weight = constant(reshape.input[1]), constant(reduce_sum.input[1]), inits.get(matmul.input[1])
+        keepdims = next((a.i for a in reduce_sum.attribute if a.name == "keepdims"), 1)
+        if (shape is not None and shape.tolist() == [0, 0, n // 32, 32] and n % 32 == 0 and axes is not None
+                and axes.tolist() == [-1] and keepdims == 0 and weight is not None
+                and weight.data_type == TensorProto.FLOAT and list(weight.dims)[:1] == [n // 32]
+                and len(weight.dims) == 2):
+            nodes += [reshape, reduce_sum, matmul]
+            inputs.append(matmul.input[1])
+            outputs.append(matmul.output[0])
+    return nodes, inputs, outputs
 
 
 def install(model_dir: Path, library: Path) -> str:

@@ -53,14 +53,22 @@ def test_cli_completes_the_sample_with_code_that_parses(embedded_model_dir):
 
 
 def test_the_embedded_model_keeps_the_gguf_blocks_w8a8_does_not_take_exactly(embedded_model_dir):
+    import onnx
+
     # SmolLM2's GGUF holds Q4_1 layers and a Q8_0 token embedding (the tied LM head). W8A8 takes the four
     # projections after a norm or attention in each of the 30 layers; the down projections' Q4_1 blocks and the
     # Q8_0 head are found again bit for bit (inference/requantize.py checks each block), none re-quantized.
     manifest = read_manifest(embedded_model_dir)
     assert manifest.precision == "w8a8"
     assert manifest.weights == {"w8a8": 120, "q4_1 exact": 30, "q8_0 exact": 1}
-    # Attention is ghostls's own op over a float16 cache (inference/half_kv.py) on any x86-64 CPU with AVX2.
+    # Attention is ghostls's own op over an int8 cache (inference/kv_attention.py) on any x86-64 CPU with AVX2,
+    # its output quantized for o's W8A8 MatMul; each MLP's activation and down projection offsets are one GatedSilu.
     assert manifest.kv_cache == "int8"
+    graph = onnx.load(str(embedded_model_dir / "model.onnx"), load_external_data=False).graph
+    ops = [node.op_type for node in graph.node]
+    assert ops.count("Int8KvAttentionToInt8") == 30 and ops.count("GatedSilu") == 30
+    assert all(len(node.input) == 2 for node in graph.node if node.op_type == "GatedSilu")
+    assert not {"Sigmoid", "Split", "QuantizeLinear", "ReduceMax"} & set(ops)
 
 
 @pytest_lsp.fixture(config=ClientServerConfig(server_command=SERVER))

@@ -263,3 +263,143 @@ def test_a_model_folder_carries_only_ghostls_own_build(library: Path, tiny_model
     config_path.write_text(json.dumps(config))
     with pytest.raises(ModelError, match="custom_ops_library"):
         validate_model_dir(folder)
+
+
+def _single_op_session(library: Path, node, inputs: list, outputs: list):
+    import onnxruntime as ort
+    from onnx import helper
+
+    model = helper.make_model(helper.make_graph([node], "op", inputs, outputs), ir_version=10, opset_imports=[
+        helper.make_opsetid("", 21), helper.make_opsetid(kv_attention.DOMAIN, 1)])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 2
+    options.register_custom_ops_library(str(library))
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def _per_token_reference(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """requantize._quantize_per_token's nodes in NumPy float32: amax = max(max |x|, 1e-12) per row, then
+    round(x / amax / (1/127)) + 128, half to even."""
+    amax = np.maximum(np.abs(x).max(-1, keepdims=True), np.float32(1e-12)).astype(np.float32)
+    return np.clip(np.rint(x / amax / np.float32(1 / 127)) + 128, 0, 255).astype(np.uint8), amax
+
+
+@pytest.mark.parametrize("cache", CACHES)
+def test_the_to_int8_variant_outputs_the_attention_quantized_per_token(library: Path, cache: str) -> None:
+    from onnx import TensorProto as T
+    from onnx import helper
+
+    heads, kv_heads, head_size = 9, 3, 64
+    plain = _session(library, cache, heads, kv_heads, head_size)
+    kind = T.INT8 if cache == "int8" else T.FLOAT16
+    node = helper.make_node(kv_attention.OP_TYPES[cache] + kv_attention.TO_INT8, [i.name for i in plain.get_inputs()],
+                            ["rows", "present_key", "present_value", "amax"], domain=kv_attention.DOMAIN,
+                            num_heads=heads, kv_num_heads=kv_heads, scale=0.3)
+    inputs = [helper.make_tensor_value_info(name, t, None) for name, t in [
+        ("qkv", T.FLOAT), ("past_key", kind), ("past_value", kind), ("seqlens_k", T.INT32), ("total", T.INT32),
+        ("cos", T.FLOAT), ("sin", T.FLOAT)]]
+    assert [i.name for i in inputs] == [i.name for i in plain.get_inputs()]
+    outputs = [helper.make_tensor_value_info("rows", T.UINT8, None),
+               helper.make_tensor_value_info("present_key", kind, None),
+               helper.make_tensor_value_info("present_value", kind, None),
+               helper.make_tensor_value_info("amax", T.FLOAT, None)]
+    quantized = _single_op_session(library, node, inputs, outputs)
+    cos, sin = _rotary_tables(head_size)
+    rng = np.random.default_rng(7)
+    for sequence, past in ((1, 700), (37, 300), (1, 0)):  # a chunked decode, a prompt chunk, the first token
+        feeds = {"qkv": (rng.standard_normal((1, sequence, (heads + 2 * kv_heads) * head_size)) * 2).astype(np.float32),
+                 "past_key": _random_cache(cache, rng, (1, kv_heads, 1024, head_size)),
+                 "past_value": _random_cache(cache, rng, (1, kv_heads, 1024, head_size)),
+                 "seqlens_k": np.array([past + sequence - 1], np.int32), "total": np.array([past + sequence], np.int32),
+                 "cos": cos, "sin": sin}
+        out, keys, values = plain.run(None, {k: v.copy() for k, v in feeds.items()})
+        rows, keys_q, values_q, amax = quantized.run(None, {k: v.copy() for k, v in feeds.items()})
+        expected_rows, expected_amax = _per_token_reference(out)
+        assert rows.dtype == np.uint8 and rows.shape == out.shape and amax.shape == (1, sequence, 1)
+        written = past + sequence  # rows past it are the output buffer's, never written
+        np.testing.assert_array_equal(keys_q[:, :, :written], keys[:, :, :written])
+        np.testing.assert_array_equal(values_q[:, :, :written], values[:, :, :written])
+        np.testing.assert_allclose(amax, expected_amax, rtol=1e-6)
+        assert np.abs(rows.astype(int) - expected_rows).max() <= 1  # a tie may round either way
+        assert (rows != expected_rows).mean() < 0.01
+
+
+@pytest.mark.parametrize("offsets", [False, True])
+def test_gated_silu_is_silu_of_the_gate_times_up_and_the_block_offsets(library: Path, offsets: bool) -> None:
+    from onnx import TensorProto as T
+    from onnx import helper
+
+    n, m = 96, 40  # three blocks of 32; an output width that is not a multiple of eight
+    inputs = [helper.make_tensor_value_info("gate_up", T.FLOAT, [None, None, 2 * n])]
+    outputs = [helper.make_tensor_value_info("y", T.FLOAT, None)]
+    if offsets:
+        inputs.append(helper.make_tensor_value_info("weight", T.FLOAT, [n // 32, m]))
+        outputs.append(helper.make_tensor_value_info("offsets", T.FLOAT, None))
+    node = helper.make_node(kv_attention.GATED_SILU, [i.name for i in inputs], [o.name for o in outputs],
+                            domain=kv_attention.DOMAIN)
+    session = _single_op_session(library, node, inputs, outputs)
+    rng = np.random.default_rng(3)
+    weight = rng.standard_normal((n // 32, m)).astype(np.float32)
+    for shape in ((1, 1), (2, 57)):  # a decode step; a batch of prompt chunks across threads
+        gate_up = (rng.standard_normal((*shape, 2 * n)) * 4).astype(np.float32)
+        gate_up[..., 0] = [-200.0] if shape == (1, 1) else -200.0  # far past e^x's float range: silu is 0
+        got = session.run(None, {"gate_up": gate_up, **({"weight": weight} if offsets else {})})
+        g, u = gate_up[..., :n].astype(np.float64), gate_up[..., n:].astype(np.float64)
+        y = g * u / (1 + np.exp(-g))
+        np.testing.assert_allclose(got[0], y, rtol=2e-6, atol=1e-6)
+        if offsets:
+            expected = y.reshape(*shape, n // 32, 32).sum(-1) @ weight
+            np.testing.assert_allclose(got[1], expected, rtol=1e-5, atol=1e-4)
+
+
+def test_gated_silu_refuses_shapes_it_cannot_read_and_the_session_goes_on(library: Path) -> None:
+    from onnx import TensorProto as T
+    from onnx import helper
+    from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
+
+    inputs = [helper.make_tensor_value_info("gate_up", T.FLOAT, None), helper.make_tensor_value_info("w", T.FLOAT, None)]
+    outputs = [helper.make_tensor_value_info("y", T.FLOAT, None), helper.make_tensor_value_info("o", T.FLOAT, None)]
+    node = helper.make_node(kv_attention.GATED_SILU, ["gate_up", "w"], ["y", "o"], domain=kv_attention.DOMAIN)
+    session = _single_op_session(library, node, inputs, outputs)
+    with pytest.raises(InvalidArgument, match="even"):
+        session.run(None, {"gate_up": np.zeros((1, 1, 63), np.float32), "w": np.zeros((1, 4), np.float32)})
+    with pytest.raises(InvalidArgument, match=r"\[n / 32, m\]"):  # n = 48: not whole blocks
+        session.run(None, {"gate_up": np.zeros((1, 1, 96), np.float32), "w": np.zeros((1, 4), np.float32)})
+    y, o = session.run(None, {"gate_up": np.ones((1, 1, 64), np.float32), "w": np.ones((1, 4), np.float32)})
+    np.testing.assert_allclose(o, np.full((1, 1, 4), 32 / (1 + np.exp(-1))), rtol=1e-6)
+
+
+def test_folding_small_nodes_keeps_the_logits(library: Path, tiny_checkpoints, tmp_path: Path) -> None:
+    """A W8A8 conversion with onnxruntime's attention, then the attention swapped: with and without the small
+    nodes folded. Folded, each layer loses the per-token quantization (5 nodes) and the MLP's Split, Sigmoid and
+    two Muls, and the logits stay those of the unfolded graph; a run whose middle value something else reads
+    is left alone."""
+    import onnx
+
+    from ghostls.inference.convert import _set_session_options, convert
+
+    source = convert(tiny_checkpoints["starcoder"], precision="w8a8", out_root=tmp_path / "source", kv_cache="float32")
+    folders = {}
+    for name in ("unfolded", "folded", "partly"):
+        folder = folders[name] = shutil.copytree(source, tmp_path / name)
+        model = onnx.load(str(folder / "model.onnx"), load_external_data=False)
+        assert kv_attention.swap_attention(model, 16, "float16") == 2
+        if name == "partly":  # layer 0's gate activation also read as a graph output: that MLP stays as it is
+            sigmoid = next(n for n in model.graph.node if n.op_type == "Sigmoid")
+            model.graph.output.append(onnx.helper.make_tensor_value_info(sigmoid.output[0], onnx.TensorProto.FLOAT,
+                                                                         None))
+        before = len(model.graph.node)
+        counts = kv_attention.fuse_small_nodes(model) if name != "unfolded" else None
+        ops = [n.op_type for n in model.graph.node]
+        if name == "folded":
+            assert counts == {"attention to int8": 2, kv_attention.GATED_SILU: 2}
+            assert before - len(model.graph.node) == 2 * (5 + 3)
+            assert ops.count("HalfKvAttentionToInt8") == 2 and not {"Abs", "Sigmoid", "Split"} & set(ops)
+        elif name == "partly":
+            assert counts == {"attention to int8": 2, kv_attention.GATED_SILU: 1} and ops.count("Sigmoid") == 1
+        onnx.save_model(model, str(folder / "model.onnx"))
+        _set_session_options(folder / "genai_config.json", custom_ops_library=kv_attention.install(folder, library))
+    reference = _logits(folders["unfolded"])
+    for name in ("folded", "partly"):
+        # Measured: 4e-7 of the largest logit (Sigmoid's and the op's e^x round differently).
+        assert np.abs(_logits(folders[name]) - reference).max() < 2e-5 * np.abs(reference).max(), name

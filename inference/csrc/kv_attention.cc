@@ -14,14 +14,14 @@
 //   4 total_seq_length    int32   [1]
 //   5 cos_cache, 6 sin_cache float [positions, head_size / 2]   (rotary over the whole head, not interleaved)
 // Outputs: attention float [batch, sequence, heads * head_size], present_key, present_value (the cache's type).
+// The ...ToInt8 variants hand the attention to a W8A8 MatMul already quantized per token, in place of the five
+// nodes that did it (Abs, ReduceMax, Max, Div, QuantizeLinear; paired A/B at 1,000 tokens: four of those nodes
+// per layer cost 7% of a decode step): output 0 is uint8, round(127 * x / amax) + 128 per token, and a fourth
+// output holds each token's amax = max(max |x|, 1e-12), float [batch, sequence, 1].
 // When the cache is long enough for the total length (onnxruntime-genai's shared past/present buffer), present
 // has past's shape and the new rows are written in place; otherwise present holds exactly the total length.
 //
 // Never: allocate per key, or read past a row's causal limit.
-
-#define ORT_API_MANUAL_INIT
-#include <onnxruntime_cxx_api.h>
-#undef ORT_API_MANUAL_INIT
 
 #include <immintrin.h>
 
@@ -30,12 +30,21 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
-#include <mutex>
 #include <stdexcept>
 #include <string>
+#include <initializer_list>
 #include <vector>
 
+#include "ops.h"
+#include "simd.h"
+
 namespace {
+
+using ghostls::Exp8;
+using ghostls::HorizontalMax;
+using ghostls::HorizontalSum;
+using ghostls::Sum8x8;
+using ghostls::TailMask;
 
 // Keys converted to float32 at a time: their keys and values take 16 KB at head size 64 (32 at 128), leaving L1
 // room for the queries and scores. 64 keys filled a 32 KB L1 at head size 64: paired A/B on the embedded model at
@@ -43,49 +52,6 @@ namespace {
 constexpr int kKeyTile = 32;
 constexpr int kQueryBlock = 8;        // queries per work item when prefilling
 constexpr int kDecodeKeyChunk = 256;  // keys per work item for a single query: splits the cache across threads
-
-// e^x for eight floats, x <= 0 in use here (a score minus its row's maximum). Cody-Waite range reduction and a
-// degree-6 polynomial: relative error about 2e-7, well under the float16 cache's own rounding.
-inline __m256 Exp8(__m256 x) {
-  x = _mm256_max_ps(x, _mm256_set1_ps(-87.0f));
-  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
-                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-  __m256 p = _mm256_set1_ps(1.3981999507e-3f);
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
-  p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
-  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-  return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
-}
-
-// The eight sums of a[0..7]'s lanes, as one vector.
-inline __m256 Sum8x8(const __m256 a[8]) {
-  const __m256 t0 = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
-  const __m256 t1 = _mm256_hadd_ps(_mm256_hadd_ps(a[4], a[5]), _mm256_hadd_ps(a[6], a[7]));
-  return _mm256_add_ps(_mm256_permute2f128_ps(t0, t1, 0x20), _mm256_permute2f128_ps(t0, t1, 0x31));
-}
-
-// All-ones in the lanes at and past `valid` (1..7): the keys of a last group of eight that do not count.
-inline __m256 TailMask(int valid) {
-  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-  return _mm256_castsi256_ps(_mm256_cmpgt_epi32(lane, _mm256_set1_epi32(valid - 1)));
-}
-
-inline float HorizontalSum(__m256 x) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
-}
-
-inline float HorizontalMax(__m256 x) {
-  __m128 s = _mm_max_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
-  s = _mm_max_ps(s, _mm_movehl_ps(s, s));
-  return _mm_cvtss_f32(_mm_max_ss(s, _mm_movehdup_ps(s)));
-}
 
 inline void HalfToFloat(const uint16_t* src, float* dst, int n) {
   for (int i = 0; i < n; i += 8)
@@ -102,6 +68,7 @@ inline void FloatToHalf(const float* src, uint16_t* dst, int n) {
 struct HalfCache {
   static constexpr ONNXTensorElementDataType kType = ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16;
   static constexpr const char* kName = "HalfKvAttention";
+  static constexpr const char* kToInt8Name = "HalfKvAttentionToInt8";
   static int Head(int64_t row_elements) { return static_cast<int>(row_elements); }
   static int64_t RowElements(int head) { return head; }
   static size_t RowBytes(int head) { return 2 * static_cast<size_t>(head); }
@@ -116,6 +83,7 @@ struct HalfCache {
 struct Int8Cache {
   static constexpr ONNXTensorElementDataType kType = ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8;
   static constexpr const char* kName = "Int8KvAttention";
+  static constexpr const char* kToInt8Name = "Int8KvAttentionToInt8";
   static int Head(int64_t row_elements) { return static_cast<int>(row_elements) - 4; }
   static int64_t RowElements(int head) { return head + 4; }
   static size_t RowBytes(int head) { return static_cast<size_t>(head) + 4; }
@@ -314,7 +282,26 @@ void MergeChunks(const Work& w) {
         }
 }
 
-template <class Cache>
+// Each of `count` rows of `width` floats (a multiple of 8) as uint8, round(127 * x / amax) + 128, with its amax =
+// max(max |x|, 1e-12), the way the QuantizeLinear chain it replaces computes them (x / amax / (1/127), rounded
+// half to even).
+void QuantizePerToken(const float* x, size_t count, int width, uint8_t* rows, float* amax) {
+  const __m256 sign = _mm256_set1_ps(-0.0f), step = _mm256_set1_ps(1.0f / 127.0f);
+  for (size_t r = 0; r < count; ++r, x += width, rows += width) {
+    __m256 largest = _mm256_setzero_ps();
+    for (int i = 0; i < width; i += 8) largest = _mm256_max_ps(largest, _mm256_andnot_ps(sign, _mm256_loadu_ps(x + i)));
+    amax[r] = std::max(HorizontalMax(largest), 1e-12f);
+    const __m256 m = _mm256_set1_ps(amax[r]);
+    for (int i = 0; i < width; i += 8) {
+      __m256i q = _mm256_cvtps_epi32(_mm256_div_ps(_mm256_div_ps(_mm256_loadu_ps(x + i), m), step));
+      q = _mm256_add_epi32(q, _mm256_set1_epi32(128));
+      const __m128i words = _mm_packus_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1));
+      _mm_storel_epi64(reinterpret_cast<__m128i*>(rows + i), _mm_packus_epi16(words, words));
+    }
+  }
+}
+
+template <class Cache, bool kToInt8>
 struct KvAttentionKernel {
   int heads, kv_heads;
   float scale;
@@ -427,9 +414,17 @@ struct KvAttentionKernel {
         }
       }
 
-    auto output = ctx.GetOutput(0, std::vector<int64_t>{batch, sequence, static_cast<int64_t>(heads) * head});
+    const std::vector<int64_t> output_shape{batch, sequence, static_cast<int64_t>(heads) * head};
+    std::vector<float> unquantized;
+    float* attention;
+    if constexpr (kToInt8) {
+      unquantized.resize(static_cast<size_t>(batch) * sequence * heads * head);
+      attention = unquantized.data();
+    } else {
+      attention = ctx.GetOutput(0, output_shape).GetTensorMutableData<float>();
+    }
     Work w{batch, sequence, heads, kv_heads, head, present_length, queries.data(), keys, values, row_bytes, past.data(),
-           output.GetTensorMutableData<float>(), (sequence + kQueryBlock - 1) / kQueryBlock, 1, 0, nullptr};
+           attention, (sequence + kQueryBlock - 1) / kQueryBlock, 1, 0, nullptr};
     // One query (decoding): split each head's keys into chunks so that both threads work on a short batch.
     // Batch rows may differ in length: a chunk past a row's length finds no keys for it.
     int max_total = 0;
@@ -448,20 +443,27 @@ struct KvAttentionKernel {
     }
     if (items > 0) ctx.ParallelFor(run, items, 0, &w);
     if (w.key_chunks > 1) MergeChunks(w);
+    if constexpr (kToInt8) {
+      auto rows = ctx.GetOutput(0, output_shape);
+      auto amax = ctx.GetOutput(3, std::vector<int64_t>{batch, sequence, 1});
+      QuantizePerToken(attention, static_cast<size_t>(batch) * sequence, heads * head,
+                       rows.GetTensorMutableData<uint8_t>(), amax.GetTensorMutableData<float>());
+    }
   }
 };
 
-template <class Cache>
-struct KvAttentionOp : Ort::CustomOpBase<KvAttentionOp<Cache>, KvAttentionKernel<Cache>, true> {
+template <class Cache, bool kToInt8>
+struct KvAttentionOp
+    : Ort::CustomOpBase<KvAttentionOp<Cache, kToInt8>, KvAttentionKernel<Cache, kToInt8>, true> {
   OrtStatusPtr CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** kernel) const {
     try {
-      *kernel = new KvAttentionKernel<Cache>(api, info);
+      *kernel = new KvAttentionKernel<Cache, kToInt8>(api, info);
       return nullptr;
     } catch (const Ort::Exception& e) {
       return Ort::GetApi().CreateStatus(e.GetOrtErrorCode(), e.what());
     }
   }
-  const char* GetName() const { return Cache::kName; }
+  const char* GetName() const { return kToInt8 ? Cache::kToInt8Name : Cache::kName; }
   size_t GetInputTypeCount() const { return 7; }
   ONNXTensorElementDataType GetInputType(size_t index) const {
     switch (index) {
@@ -472,35 +474,26 @@ struct KvAttentionOp : Ort::CustomOpBase<KvAttentionOp<Cache>, KvAttentionKernel
       default: return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
     }
   }
-  size_t GetOutputTypeCount() const { return 3; }
+  size_t GetOutputTypeCount() const { return kToInt8 ? 4 : 3; }
   ONNXTensorElementDataType GetOutputType(size_t index) const {
-    return index == 0 ? ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT : Cache::kType;
+    switch (index) {
+      case 0: return kToInt8 ? ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8 : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+      case 1:
+      case 2: return Cache::kType;
+      default: return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+    }
   }
 };
 
-const KvAttentionOp<HalfCache> kHalfOp;
-const KvAttentionOp<Int8Cache> kInt8Op;
+const KvAttentionOp<HalfCache, false> kHalfOp;
+const KvAttentionOp<Int8Cache, false> kInt8Op;
+const KvAttentionOp<HalfCache, true> kHalfToInt8Op;
+const KvAttentionOp<Int8Cache, true> kInt8ToInt8Op;
 
 }  // namespace
 
-extern "C" __attribute__((visibility("default"))) OrtStatus* ORT_API_CALL
-RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
-  const OrtApi* api = api_base->GetApi(ORT_API_VERSION);
-  if (api == nullptr) return nullptr;  // an onnxruntime older than this header: the op stays unknown, and says so
-  Ort::InitApi(api);
-  // One domain for the library's lifetime: sessions keep a pointer to it.
-  static Ort::CustomOpDomain* domain = nullptr;
-  static std::mutex mutex;
-  try {
-    std::lock_guard<std::mutex> lock(mutex);
-    if (domain == nullptr) {
-      domain = new Ort::CustomOpDomain("ai.ghostls");
-      domain->Add(&kHalfOp);
-      domain->Add(&kInt8Op);
-    }
-    Ort::UnownedSessionOptions(options).Add(*domain);
-  } catch (const std::exception& e) {
-    return Ort::GetApi().CreateStatus(ORT_FAIL, e.what());
-  }
-  return nullptr;
+void ghostls::AddAttentionOps(Ort::CustomOpDomain& domain) {
+  for (const OrtCustomOp* op : std::initializer_list<const OrtCustomOp*>{&kHalfOp, &kInt8Op, &kHalfToInt8Op,
+                                                                        &kInt8ToInt8Op})
+    domain.Add(op);
 }
