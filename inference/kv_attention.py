@@ -19,9 +19,10 @@ import numpy as np
 from ghostls.inference.cache import ModelError, models_root, sha256_file
 
 SOURCE_DIR = Path(__file__).parent / "csrc"
-SOURCES = ("register.cc", "kv_attention.cc", "gated_silu.cc")  # compiled together; their headers: ops.h, simd.h
+SOURCES = ("register.cc", "kv_attention.cc", "gated_silu.cc", "skip_rms_norm.cc")  # compiled together; their headers: ops.h, simd.h
 LIBRARY_NAME = "libghostls_ops.so"  # the copy's name inside a model folder
 DOMAIN = "ai.ghostls"
+MS_DOMAIN = "com.microsoft"  # onnxruntime's contrib ops
 # The op for each cache type. An int8 row holds head_size values, then the row's float32 scale as 4 more int8
 # elements (row_elements below).
 OP_TYPES = {"float16": "HalfKvAttention", "int8": "Int8KvAttention"}
@@ -218,6 +219,7 @@ def _swappable(node, inits: dict, head_size: int) -> bool:
 
 TO_INT8 = "ToInt8"  # the suffix of an attention op's variant whose output comes quantized per token
 GATED_SILU = "GatedSilu"
+SKIP_RMS_NORM = "SkipRmsNorm"
 
 
 def fuse_small_nodes(model) -> dict[str, int]:
@@ -225,145 +227,201 @@ def fuse_small_nodes(model) -> dict[str, int]:
 
     A decode step runs each node of the graph once, on a few thousand floats at most, and each node has a fixed
     cost (a kernel call, an output allocation, often a hand-off to the other thread): four such nodes fewer per
-    layer made a decode step 7% quicker in a paired A/B (docs/benchmarks.md, session 9). Two runs are folded:
+    layer made a decode step 7% quicker in a paired A/B (docs/benchmarks.md, session 9). Folded, in this order:
     - the per-token quantization (Abs, ReduceMax, Max, Div, QuantizeLinear) requantize.py writes on an attention
       op's output for W8A8's o projection: into the op's ...ToInt8 variant, which outputs those rows and amax;
     - an MLP's Split of gate|up, Sigmoid, Mul, Mul and, when the down projection is Q4_1, its offsets' Reshape,
-      ReduceSum and MatMul: into one GatedSilu.
+      ReduceSum and MatMul: into one GatedSilu;
+    - the node that finishes a projection before the residual sum and RMS norm (o's Mul by the per-token scales,
+      the Q4_1 down projection's Add of its offsets): into a SkipRmsNorm in place of onnxruntime's
+      SkipSimplifiedLayerNormalization.
     Only runs whose intermediate values nothing else reads are folded: the graph computes the same values.
     """
-    from onnx import TensorProto, numpy_helper
+    return {kind: _fold(model.graph, find) for kind, find in (
+        ("attention to int8", _attention_to_int8), (GATED_SILU, _gated_silu), (SKIP_RMS_NORM, _skip_rms_norm))}
 
-    graph = model.graph
-    inits = {i.name: i for i in graph.initializer}
-    graph_outputs = {o.name for o in graph.output}
-    readers: dict[str, list] = {}
-    for node in graph.node:
-        for name in node.input:
-            readers.setdefault(name, []).append(node)
 
-    def only_reader(name: str, op_type: str):
-        found = readers.get(name, [])
-        if len(found) == 1 and found[0].op_type == op_type and name not in graph_outputs:
-            return found[0]
+class _Index:
+    """What a fold looks up in a graph: each value's producer and readers, small constants."""
+
+    def __init__(self, graph) -> None:
+        self.inits = {i.name: i for i in graph.initializer}
+        self.outputs = {o.name for o in graph.output}
+        self.producer = {out: node for node in graph.node for out in node.output if out}
+        self.readers: dict[str, list] = {}
+        for node in graph.node:
+            for name in node.input:
+                self.readers.setdefault(name, []).append(node)
+
+    def read_once(self, name: str) -> bool:
+        """Whether exactly one node, and no graph output, reads `name`."""
+        return len(self.readers.get(name, [])) == 1 and name not in self.outputs
+
+    def only_reader(self, name: str, op_type: str):
+        """The one node reading `name` if it is an `op_type` and nothing else reads it, else None."""
+        if self.read_once(name) and self.readers[name][0].op_type == op_type:
+            return self.readers[name][0]
         return None
 
-    def constant(name: str):
+    def constant(self, name: str):
         """A small initializer's value; None for a non-initializer or one whose data lies outside the graph."""
-        init = inits.get(name)
+        from onnx import TensorProto, numpy_helper
+
+        init = self.inits.get(name)
         if init is None or init.data_location == TensorProto.EXTERNAL:
             return None
         return numpy_helper.to_array(init)
 
+
+def _fold(graph, find) -> int:
+    """Apply `find` (node, index -> (the node's replacement, the nodes it takes in) or None) to every node."""
+    index = _Index(graph)
     removed: list = []
-    counts = {"attention to int8": 0, GATED_SILU: 0}
-    for node in list(graph.node):
-        if node.domain == DOMAIN and node.op_type in OP_TYPES.values():
-            run = _per_token_quantization(node.output[0], readers, only_reader, constant)
-            if run:
-                absolute, reduce_max, floor, divide, quantize = run
-                node.op_type += TO_INT8
-                node.output[0] = quantize.output[0]
-                node.output.append(floor.output[0])
-                removed += run
-                counts["attention to int8"] += 1
-        elif node.op_type == "Split" and node.domain in ("", "ai.onnx"):
-            run = _gated_silu(node, readers, only_reader, constant, inits)
-            if run:
-                nodes, inputs, outputs = run
-                fused = _make_node(GATED_SILU, inputs, outputs, f"{node.name or node.output[0]}/{GATED_SILU}")
-                node.CopyFrom(fused)
-                removed += nodes
-                counts[GATED_SILU] += 1
-    if removed:
-        # A node's op type and first output name it: each value has one producer (the fused ops took over some).
-        gone = {(n.op_type, n.output[0]) for n in removed}
-        kept = [n for n in graph.node if (n.op_type, n.output[0]) not in gone]
-        del graph.node[:]
-        graph.node.extend(kept)
-        used = {name for n in graph.node for name in n.input}
-        still = [i for i in graph.initializer if i.name in used or i.name in graph_outputs]
-        del graph.initializer[:]
-        graph.initializer.extend(still)
-        produced = {out for n in graph.node for out in n.output} | {i.name for i in graph.input} | used
-        info = [v for v in graph.value_info if v.name in produced]
-        del graph.value_info[:]
-        graph.value_info.extend(info)
-    return counts
+    for node in graph.node:
+        found = find(node, index)
+        if found:
+            replacement, taken = found
+            node.CopyFrom(replacement)
+            removed.append(taken)
+    if not removed:
+        return 0
+    # A node's op type and first output name it: each value has one producer (a replacement takes over some).
+    gone = {(n.op_type, n.output[0]) for run in removed for n in run}
+    kept = [n for n in graph.node if (n.op_type, n.output[0]) not in gone]
+    del graph.node[:]
+    graph.node.extend(kept)
+    used = {name for n in graph.node for name in n.input} | index.outputs
+    still = [i for i in graph.initializer if i.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(still)
+    produced = {out for n in graph.node for out in n.output} | {i.name for i in graph.input} | used
+    info = [v for v in graph.value_info if v.name in produced]
+    del graph.value_info[:]
+    graph.value_info.extend(info)
+    return len(removed)
+
+
+def _attention_to_int8(node, index: _Index):
+    """An attention op whose output only requantize._quantize_per_token's five nodes read (Abs, ReduceMax, Max,
+    Div, QuantizeLinear): its ...ToInt8 variant, outputting their rows and amax."""
+    from onnx import NodeProto
+
+    x = node.output[0] if node.domain == DOMAIN and node.op_type in OP_TYPES.values() else None
+    found = {n.op_type: n for n in index.readers.get(x, [])} if x else {}
+    if len(index.readers.get(x, [])) != 2 or set(found) != {"Abs", "Div"}:
+        return None
+    absolute, divide = found["Abs"], found["Div"]
+    reduce_max = index.only_reader(absolute.output[0], "ReduceMax")
+    floor = index.only_reader(reduce_max.output[0], "Max") if reduce_max is not None else None
+    quantize = index.only_reader(divide.output[0], "QuantizeLinear")
+    if floor is None or quantize is None or list(divide.input) != [x, floor.output[0]]:
+        return None
+    keepdims = next((a.i for a in reduce_max.attribute if a.name == "keepdims"), 1)
+    axes = index.constant(reduce_max.input[1]) if len(reduce_max.input) > 1 else None
+    tiny = index.constant(floor.input[1]) if len(floor.input) == 2 else None
+    step = index.constant(quantize.input[1])
+    zero = index.constant(quantize.input[2]) if len(quantize.input) > 2 else None
+    if (keepdims != 1 or axes is None or axes.tolist() != [-1] or tiny is None or tiny.size != 1
+            or not 0 < float(tiny) <= 1e-12 or step is None or step.size != 1 or float(step) != np.float32(1 / 127)
+            or zero is None or zero.dtype != np.uint8 or zero.size != 1 or int(zero) != 128):
+        return None
+    fused = NodeProto()
+    fused.CopyFrom(node)
+    fused.op_type += TO_INT8
+    fused.output[0] = quantize.output[0]
+    fused.output.append(floor.output[0])
+    return fused, [absolute, reduce_max, floor, divide, quantize]
+
+
+def _gated_silu(split, index: _Index):
+    """A Split of gate|up into equal halves followed by silu(gate) * up (Sigmoid, Mul, Mul) and, where what
+    reads that is a Q4_1 MatMul, its offsets' Reshape, ReduceSum and MatMul: one GatedSilu."""
+    from onnx import TensorProto
+
+    if split.op_type != "Split" or split.domain not in ("", "ai.onnx") or len(split.output) != 2 \
+            or len(split.input) != 2 or not all(split.output):
+        return None
+    axis = next((a.i for a in split.attribute if a.name == "axis"), 0)
+    sizes = index.constant(split.input[1])
+    if axis != -1 or sizes is None or sizes.shape != (2,) or sizes[0] != sizes[1]:
+        return None
+    gate, up = split.output
+    gate_readers = index.readers.get(gate, [])
+    sigmoid = next((n for n in gate_readers if n.op_type == "Sigmoid"), None)
+    if len(gate_readers) != 2 or sigmoid is None or gate in index.outputs:
+        return None
+    activation = index.only_reader(sigmoid.output[0], "Mul")
+    if activation is None or sorted(activation.input) != sorted([gate, sigmoid.output[0]]):
+        return None
+    product = index.only_reader(activation.output[0], "Mul")
+    up_reader = index.only_reader(up, "Mul")
+    if product is None or sorted(product.input) != sorted([activation.output[0], up]) \
+            or up_reader is None or up_reader.output[0] != product.output[0]:
+        return None
+    taken = [sigmoid, activation, product]
+    inputs, outputs = [split.input[0]], [product.output[0]]
+    n = int(sizes[0])
+    reshape = next((r for r in index.readers.get(product.output[0], []) if r.op_type == "Reshape"), None)
+    reduce_sum = index.only_reader(reshape.output[0], "ReduceSum") if reshape is not None else None
+    matmul = index.only_reader(reduce_sum.output[0], "MatMul") if reduce_sum is not None else None
+    if matmul is not None and matmul.input[0] == reduce_sum.output[0]:
+        shape, axes = index.constant(reshape.input[1]), index.constant(reduce_sum.input[1])
+        weight = index.inits.get(matmul.input[1])
+        keepdims = next((a.i for a in reduce_sum.attribute if a.name == "keepdims"), 1)
+        if (shape is not None and shape.tolist() == [0, 0, n // 32, 32] and n % 32 == 0 and axes is not None
+                and axes.tolist() == [-1] and keepdims == 0 and weight is not None
+                and weight.data_type == TensorProto.FLOAT and len(weight.dims) == 2 and weight.dims[0] == n // 32):
+            taken += [reshape, reduce_sum, matmul]
+            inputs.append(matmul.input[1])
+            outputs.append(matmul.output[0])
+    return _make_node(GATED_SILU, inputs, outputs, f"{split.name or split.output[0]}/{GATED_SILU}"), taken
+
+
+def _skip_rms_norm(norm, index: _Index):
+    """A SkipSimplifiedLayerNormalization (no bias) whose residual or skip is the last step of a projection,
+    read by nothing else: a Mul by an attention op's per-token amax (o's W8A8 MatMul), or the Add of a Q4_1
+    MatMulNBits and its offsets. One SkipRmsNorm that does that step as it sums."""
+    if norm.op_type != "SkipSimplifiedLayerNormalization" or norm.domain != MS_DOMAIN:
+        return None
+    inputs = list(norm.input)
+    outputs = list(norm.output) + [""] * (4 - len(norm.output))
+    epsilon = next((a.f for a in norm.attribute if a.name == "epsilon"), None)
+    if len(inputs) != 3 or not all(inputs) or epsilon is None or any(index.readers.get(o) for o in outputs[1:3] if o):
+        return None
+    for position in (1, 0):
+        value, residual = inputs[position], inputs[1 - position]
+        last = index.producer.get(value)
+        if last is None or not index.read_once(value) or len(last.input) != 2:
+            continue
+        makers = [index.producer.get(name) for name in last.input]
+        kinds = [m.op_type if m is not None else None for m in makers]
+        if last.op_type == "Mul":
+            for k in (0, 1):  # which factor is the amax: output 3 of a ...ToInt8 attention op, [..., 1]
+                maker = makers[k]
+                if maker is not None and maker.op_type.endswith(TO_INT8) and maker.domain == DOMAIN \
+                        and len(maker.output) == 4 and maker.output[3] == last.input[k]:
+                    fused_inputs = [residual, last.input[1 - k], inputs[2], last.input[k]]
+                    break
+            else:
+                continue
+        elif last.op_type == "Add" and sorted(kinds, key=str) == sorted(["MatMulNBits", GATED_SILU], key=str):
+            offsets = last.input[kinds.index(GATED_SILU)]
+            if makers[kinds.index(GATED_SILU)].output[1:2] != [offsets]:
+                continue
+            fused_inputs = [residual, last.input[kinds.index("MatMulNBits")], inputs[2], "", offsets]
+        else:
+            continue
+        fused = _make_node(SKIP_RMS_NORM, fused_inputs, [outputs[0], outputs[3]] if outputs[3] else [outputs[0]],
+                           norm.name or outputs[0])
+        fused.attribute.extend([a for a in norm.attribute if a.name == "epsilon"])
+        return fused, [last]
+    return None
 
 
 def _make_node(op_type: str, inputs: list[str], outputs: list[str], name: str):
     from onnx import helper
 
     return helper.make_node(op_type, inputs, outputs, name=name, domain=DOMAIN)
-
-
-def _per_token_quantization(x: str, readers: dict, only_reader, constant) -> list | None:
-    """The five nodes of requantize._quantize_per_token on `x`, [Abs, ReduceMax, Max, Div, QuantizeLinear], if
-    they are exactly what reads `x` (and their parts are read nowhere else but the amax), else None."""
-    found = {n.op_type: n for n in readers.get(x, [])}
-    if len(readers.get(x, [])) != 2 or set(found) != {"Abs", "Div"}:
-        return None
-    absolute, divide = found["Abs"], found["Div"]
-    reduce_max = only_reader(absolute.output[0], "ReduceMax")
-    floor = only_reader(reduce_max.output[0], "Max") if reduce_max is not None else None
-    quantize = only_reader(divide.output[0], "QuantizeLinear")
-    if floor is None or quantize is None or list(divide.input) != [x, floor.output[0]]:
-        return None
-    keepdims = next((a.i for a in reduce_max.attribute if a.name == "keepdims"), 1)
-    axes = constant(reduce_max.input[1]) if len(reduce_max.input) > 1 else None
-    tiny = constant(floor.input[1]) if len(floor.input) == 2 else None
-    step = constant(quantize.input[1])
-    zero = constant(quantize.input[2]) if len(quantize.input) > 2 else None
-    if (keepdims != 1 or axes is None or axes.tolist() != [-1] or tiny is None or tiny.size != 1
-            or not 0 < float(tiny) <= 1e-12 or step is None or step.size != 1 or float(step) != np.float32(1 / 127)
-            or zero is None or zero.dtype != np.uint8 or zero.size != 1 or int(zero) != 128):
-        return None
-    return [absolute, reduce_max, floor, divide, quantize]
-
-
-def _gated_silu(split, readers: dict, only_reader, constant, inits: dict) -> tuple[list, list[str], list[str]] | None:
-    """For a Split of gate|up into equal halves followed by silu(gate) * up (and, optionally, the Q4_1 offsets of
-    what reads that): (the nodes GatedSilu replaces besides the Split, its inputs, its outputs), else None."""
-    if len(split.output) != 2 or len(split.input) != 2 or not all(split.output):
-        return None
-    axis = next((a.i for a in split.attribute if a.name == "axis"), 0)
-    sizes = constant(split.input[1])
-    if axis != -1 or sizes is None or sizes.shape != (2,) or sizes[0] != sizes[1]:
-        return None
-    gate, up = split.output
-    gate_readers = readers.get(gate, [])
-    sigmoid = next((n for n in gate_readers if n.op_type == "Sigmoid"), None)
-    if len(gate_readers) != 2 or sigmoid is None:
-        return None
-    activation = only_reader(sigmoid.output[0], "Mul")
-    if activation is None or sorted(activation.input) != sorted([gate, sigmoid.output[0]]) \
-            or activation not in gate_readers:
-        return None
-    product = only_reader(activation.output[0], "Mul")
-    up_reader = only_reader(up, "Mul")
-    if product is None or sorted(product.input) != sorted([activation.output[0], up]) \
-            or up_reader is None or up_reader.output[0] != product.output[0]:
-        return None
-    nodes = [sigmoid, activation, product]
-    inputs, outputs = [split.input[0]], [product.output[0]]
-    n = int(sizes[0])
-    reshape = next((r for r in readers.get(product.output[0], []) if r.op_type == "Reshape"), None)
-    reduce_sum = only_reader(reshape.output[0], "ReduceSum") if reshape is not None else None
-    matmul = only_reader(reduce_sum.output[0], "MatMul") if reduce_sum is not None else None
-    if matmul is not None and matmul.input[0] == reduce_sum.output[0]:
-        from onnx import TensorProto
-
-        shape, axes, weight = constant(reshape.input[1]), constant(reduce_sum.input[1]), inits.get(matmul.input[1])
-        keepdims = next((a.i for a in reduce_sum.attribute if a.name == "keepdims"), 1)
-        if (shape is not None and shape.tolist() == [0, 0, n // 32, 32] and n % 32 == 0 and axes is not None
-                and axes.tolist() == [-1] and keepdims == 0 and weight is not None
-                and weight.data_type == TensorProto.FLOAT and list(weight.dims)[:1] == [n // 32]
-                and len(weight.dims) == 2):
-            nodes += [reshape, reduce_sum, matmul]
-            inputs.append(matmul.input[1])
-            outputs.append(matmul.output[0])
-    return nodes, inputs, outputs
 
 
 def install(model_dir: Path, library: Path) -> str:

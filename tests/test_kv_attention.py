@@ -371,9 +371,9 @@ def test_gated_silu_refuses_shapes_it_cannot_read_and_the_session_goes_on(librar
 
 def test_folding_small_nodes_keeps_the_logits(library: Path, tiny_checkpoints, tmp_path: Path) -> None:
     """A W8A8 conversion with onnxruntime's attention, then the attention swapped: with and without the small
-    nodes folded. Folded, each layer loses the per-token quantization (5 nodes) and the MLP's Split, Sigmoid and
-    two Muls, and the logits stay those of the unfolded graph; a run whose middle value something else reads
-    is left alone."""
+    nodes folded. Folded, each layer loses the per-token quantization (5 nodes), the MLP's Split, Sigmoid and
+    two Muls, and o's Mul by the per-token scales, and the logits stay those of the unfolded graph; a run whose
+    middle value something else reads is left alone."""
     import onnx
 
     from ghostls.inference.convert import _set_session_options, convert
@@ -392,14 +392,117 @@ def test_folding_small_nodes_keeps_the_logits(library: Path, tiny_checkpoints, t
         counts = kv_attention.fuse_small_nodes(model) if name != "unfolded" else None
         ops = [n.op_type for n in model.graph.node]
         if name == "folded":
-            assert counts == {"attention to int8": 2, kv_attention.GATED_SILU: 2}
-            assert before - len(model.graph.node) == 2 * (5 + 3)
-            assert ops.count("HalfKvAttentionToInt8") == 2 and not {"Abs", "Sigmoid", "Split"} & set(ops)
+            assert counts == {"attention to int8": 2, kv_attention.GATED_SILU: 2, kv_attention.SKIP_RMS_NORM: 2}
+            assert before - len(model.graph.node) == 2 * (5 + 3 + 1)
+            assert ops.count("HalfKvAttentionToInt8") == 2 and not {"Abs", "Sigmoid", "Split", "Mul"} & set(ops)
+            # The norms after o: its per-token scales applied as they sum. The down projection (int8 blocks,
+            # no offsets to add) feeds onnxruntime's norm as it did.
+            assert ops.count(kv_attention.SKIP_RMS_NORM) == 2 and ops.count("SkipSimplifiedLayerNormalization") == 2
         elif name == "partly":
-            assert counts == {"attention to int8": 2, kv_attention.GATED_SILU: 1} and ops.count("Sigmoid") == 1
+            assert counts == {"attention to int8": 2, kv_attention.GATED_SILU: 1, kv_attention.SKIP_RMS_NORM: 2}
+            assert ops.count("Sigmoid") == 1
         onnx.save_model(model, str(folder / "model.onnx"))
         _set_session_options(folder / "genai_config.json", custom_ops_library=kv_attention.install(folder, library))
     reference = _logits(folders["unfolded"])
     for name in ("folded", "partly"):
         # Measured: 4e-7 of the largest logit (Sigmoid's and the op's e^x round differently).
         assert np.abs(_logits(folders[name]) - reference).max() < 2e-5 * np.abs(reference).max(), name
+
+
+@pytest.mark.parametrize("scale,extra", [(False, False), (True, False), (False, True)])
+def test_skip_rms_norm_is_the_rms_norm_of_the_residual_sum(library: Path, scale: bool, extra: bool) -> None:
+    from onnx import TensorProto as T
+    from onnx import helper
+
+    h = 76  # not a multiple of eight: the scalar tail runs too
+    names = ["residual", "skip", "gamma", "skip_scale" if scale else "", "extra" if extra else ""]
+    inputs = [helper.make_tensor_value_info(name, T.FLOAT, None) for name in names if name]
+    outputs = [helper.make_tensor_value_info(name, T.FLOAT, None) for name in ("normalized", "sum")]
+    node = helper.make_node(kv_attention.SKIP_RMS_NORM, names, ["normalized", "sum"], domain=kv_attention.DOMAIN,
+                            epsilon=1e-5)
+    session = _single_op_session(library, node, inputs, outputs)
+    rng = np.random.default_rng(5)
+    for shape in ((1, 1), (2, 33)):  # a decode step; prompt rows across threads
+        feeds = {"residual": rng.standard_normal((*shape, h)).astype(np.float32),
+                 "skip": rng.standard_normal((*shape, h)).astype(np.float32),
+                 "gamma": rng.standard_normal(h).astype(np.float32)}
+        if scale:
+            feeds["skip_scale"] = rng.uniform(0.1, 3, (*shape, 1)).astype(np.float32)
+        if extra:
+            feeds["extra"] = rng.standard_normal((*shape, h)).astype(np.float32)
+        normalized, total = session.run(None, feeds)
+        expected = feeds["residual"].astype(np.float64) + feeds["skip"] * feeds.get("skip_scale", 1.0) \
+            + feeds.get("extra", 0.0)
+        np.testing.assert_allclose(total, expected, rtol=1e-5, atol=1e-6)
+        rms = np.sqrt((expected ** 2).mean(-1, keepdims=True) + 1e-5)
+        np.testing.assert_allclose(normalized, expected / rms * feeds["gamma"], rtol=1e-5, atol=1e-5)
+
+
+def test_skip_rms_norm_refuses_a_scale_that_is_not_one_per_row(library: Path) -> None:
+    from onnx import TensorProto as T
+    from onnx import helper
+    from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
+
+    names = ["residual", "skip", "gamma", "skip_scale"]
+    inputs = [helper.make_tensor_value_info(name, T.FLOAT, None) for name in names]
+    outputs = [helper.make_tensor_value_info("normalized", T.FLOAT, None)]
+    node = helper.make_node(kv_attention.SKIP_RMS_NORM, names, ["normalized"], domain=kv_attention.DOMAIN,
+                            epsilon=1e-5)
+    session = _single_op_session(library, node, inputs, outputs)
+    feeds = {"residual": np.ones((1, 2, 8), np.float32), "skip": np.ones((1, 2, 8), np.float32),
+             "gamma": np.ones(8, np.float32)}
+    with pytest.raises(InvalidArgument, match="one value per row"):
+        session.run(None, {**feeds, "skip_scale": np.ones((1, 2, 8), np.float32)})
+    with pytest.raises(InvalidArgument, match="one shape"):
+        session.run(None, {**feeds, "skip": np.ones((1, 1, 8), np.float32), "skip_scale": np.ones(2, np.float32)})
+    (normalized,) = session.run(None, {**feeds, "skip_scale": np.full((1, 2, 1), 3, np.float32)})
+    np.testing.assert_allclose(normalized, np.ones((1, 2, 8)), rtol=1e-5)  # the sum, 4, normalized: 1
+
+
+def test_the_q4_1_down_projections_offsets_are_added_as_the_norm_sums(library: Path) -> None:
+    """GatedSilu's offsets, a 4-bit MatMulNBits, their Add and onnxruntime's norm, as requantize.py and the
+    GatedSilu fold leave a Q4_1 down projection: folded, the Add goes into a SkipRmsNorm and the outputs stay.
+    A norm whose Add adds a constant (a bias, which broadcasts) is left alone."""
+    import onnxruntime as ort
+    from onnx import TensorProto as T
+    from onnx import helper, numpy_helper
+
+    n, h, eps = 64, 24, 1e-5
+    rng = np.random.default_rng(11)
+    inits = [numpy_helper.from_array(rng.standard_normal((n // 32, h)).astype(np.float32), "offsets_weight"),
+             numpy_helper.from_array(rng.integers(0, 256, (h, n // 32, 16), dtype=np.uint8), "q4"),
+             numpy_helper.from_array(rng.uniform(0.01, 0.1, h * n // 32).astype(np.float32), "scales"),
+             numpy_helper.from_array(rng.standard_normal(h).astype(np.float32), "gamma"),
+             numpy_helper.from_array(rng.standard_normal(h).astype(np.float32), "bias")]
+    nodes = [
+        helper.make_node(kv_attention.GATED_SILU, ["gate_up", "offsets_weight"], ["y", "offsets"],
+                         domain=kv_attention.DOMAIN),
+        helper.make_node("MatMulNBits", ["y", "q4", "scales"], ["down_q4"], domain="com.microsoft", K=n, N=h, bits=4,
+                         block_size=32, accuracy_level=4),
+        helper.make_node("Add", ["down_q4", "offsets"], ["down"]),
+        helper.make_node("SkipSimplifiedLayerNormalization", ["residual", "down", "gamma"], ["normed", "", "", "sum"],
+                         domain="com.microsoft", epsilon=eps),
+        helper.make_node("Add", ["normed", "bias"], ["biased"]),
+        helper.make_node("SkipSimplifiedLayerNormalization", ["sum", "biased", "gamma"], ["normed2"],
+                         domain="com.microsoft", epsilon=eps)]
+    inputs = [helper.make_tensor_value_info("gate_up", T.FLOAT, [1, None, 2 * n]),
+              helper.make_tensor_value_info("residual", T.FLOAT, [1, None, h])]
+    outputs = [helper.make_tensor_value_info(name, T.FLOAT, None) for name in ("normed", "sum", "normed2")]
+    model = helper.make_model(helper.make_graph(nodes, "down", inputs, outputs, inits), ir_version=10, opset_imports=[
+        helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1), helper.make_opsetid(kv_attention.DOMAIN, 1)])
+
+    def run(graph_model) -> list[np.ndarray]:
+        options = ort.SessionOptions()
+        options.register_custom_ops_library(str(library))
+        session = ort.InferenceSession(graph_model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        return session.run(None, feeds)
+
+    feeds = {"gate_up": rng.standard_normal((1, 5, 2 * n)).astype(np.float32),
+             "residual": rng.standard_normal((1, 5, h)).astype(np.float32)}
+    expected = run(model)
+    assert kv_attention.fuse_small_nodes(model)[kv_attention.SKIP_RMS_NORM] == 1
+    ops = [node.op_type for node in model.graph.node]
+    assert ops == [kv_attention.GATED_SILU, "MatMulNBits", kv_attention.SKIP_RMS_NORM, "Add",
+                   "SkipSimplifiedLayerNormalization"]
+    for got, want in zip(run(model), expected):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

@@ -11,5 +11,7 @@ namespace ghostls {
 void AddAttentionOps(Ort::CustomOpDomain& domain);
 // GatedSilu (gated_silu.cc).
 void AddGatedSiluOp(Ort::CustomOpDomain& domain);
+// SkipRmsNorm (skip_rms_norm.cc).
+void AddSkipRmsNormOp(Ort::CustomOpDomain& domain);
 
 }  // namespace ghostls

@@ -19,6 +19,7 @@ RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
       domain = new Ort::CustomOpDomain("ai.ghostls");
       ghostls::AddAttentionOps(*domain);
       ghostls::AddGatedSiluOp(*domain);
+      ghostls::AddSkipRmsNormOp(*domain);
     }
     Ort::UnownedSessionOptions(options).Add(*domain);
   } catch (const std::exception& e) {

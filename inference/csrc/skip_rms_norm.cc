@@ -1,0 +1,152 @@
+// SkipRmsNorm: onnxruntime's SkipSimplifiedLayerNormalization with the node before it folded in.
+//
+// A decoder layer ends each half with `residual + projection` and an RMS norm of that sum. In W8A8 and Q4_1
+// models the projection is still one node short of done there: o's MatMulIntegerToFloat leaves the per-token
+// scale to a Mul, the Q4_1 down projection leaves its offsets to an Add (requantize.py). This op takes that last
+// step as it sums, so neither node runs (each node a decode step runs costs it microseconds of its own:
+// docs/benchmarks.md, session 9).
+//   input 0   residual     float [..., h]
+//   input 1   skip         float [..., h]
+//   input 2   gamma        float [h]
+//   input 3   skip_scale   float [..., 1]  optional: skip is multiplied by it, row by row
+//   input 4   extra        float [..., h]  optional: added to the sum
+//   output 0  normalized   float [..., h]  sum / sqrt(mean(sum^2) + epsilon) * gamma
+//   output 1  sum          float [..., h]  optional: residual + skip * skip_scale + extra, the next residual
+//   attribute epsilon      float
+
+#include <immintrin.h>
+
+#include <cmath>
+#include <cstdint>
+#include <stdexcept>
+#include <vector>
+
+#include "ops.h"
+#include "simd.h"
+
+namespace {
+
+struct Rows {
+  const float *residual, *skip, *gamma, *scale, *extra;
+  float *normalized, *sum;
+  int h;
+  float epsilon;
+};
+
+void RunRow(void* data, size_t row) {
+  const Rows& r = *static_cast<const Rows*>(data);
+  const size_t at = row * static_cast<size_t>(r.h);
+  const float *residual = r.residual + at, *skip = r.skip + at;
+  const float* extra = r.extra ? r.extra + at : nullptr;
+  float *sum = r.sum + at, *out = r.normalized + at;
+  const float scale = r.scale ? r.scale[row] : 1.0f;
+  const __m256 scale8 = _mm256_set1_ps(scale);
+  __m256 squares8 = _mm256_setzero_ps();
+  int i = 0;
+  for (; i + 8 <= r.h; i += 8) {
+    __m256 s = _mm256_fmadd_ps(_mm256_loadu_ps(skip + i), scale8, _mm256_loadu_ps(residual + i));
+    if (extra) s = _mm256_add_ps(s, _mm256_loadu_ps(extra + i));
+    _mm256_storeu_ps(sum + i, s);
+    squares8 = _mm256_fmadd_ps(s, s, squares8);
+  }
+  float squares = ghostls::HorizontalSum(squares8);
+  for (; i < r.h; ++i) {
+    sum[i] = std::fma(skip[i], scale, residual[i]) + (extra ? extra[i] : 0.0f);
+    squares += sum[i] * sum[i];
+  }
+  const float inverse = 1.0f / std::sqrt(squares / static_cast<float>(r.h) + r.epsilon);
+  const __m256 inverse8 = _mm256_set1_ps(inverse);
+  for (i = 0; i + 8 <= r.h; i += 8)
+    _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(sum + i), inverse8),
+                                            _mm256_loadu_ps(r.gamma + i)));
+  for (; i < r.h; ++i) out[i] = sum[i] * inverse * r.gamma[i];
+}
+
+struct SkipRmsNormKernel {
+  float epsilon;
+
+  SkipRmsNormKernel(const OrtApi& /*api*/, const OrtKernelInfo* info) {
+    epsilon = Ort::ConstKernelInfo(info).GetAttribute<float>("epsilon");
+  }
+
+  // Errors become statuses: an exception must not cross into onnxruntime's C frames.
+  OrtStatusPtr ComputeV2(OrtKernelContext* context) {
+    try {
+      Compute(context);
+      return nullptr;
+    } catch (const Ort::Exception& e) {
+      return Ort::GetApi().CreateStatus(e.GetOrtErrorCode(), e.what());
+    } catch (const std::exception& e) {
+      return Ort::GetApi().CreateStatus(ORT_FAIL, e.what());
+    }
+  }
+
+  void Compute(OrtKernelContext* context) {
+    Ort::KernelContext ctx(context);
+    const auto residual = ctx.GetInput(0), skip = ctx.GetInput(1), gamma = ctx.GetInput(2);
+    const auto shape = residual.GetTensorTypeAndShapeInfo().GetShape();
+    const size_t count = residual.GetTensorTypeAndShapeInfo().GetElementCount();
+    if (shape.empty() || shape.back() <= 0 || skip.GetTensorTypeAndShapeInfo().GetShape() != shape ||
+        gamma.GetTensorTypeAndShapeInfo().GetElementCount() != static_cast<size_t>(shape.back()))
+      throw Ort::Exception("SkipRmsNorm: residual and skip must have one shape, gamma its last dimension",
+                           ORT_INVALID_ARGUMENT);
+    const int h = static_cast<int>(shape.back());
+    const size_t rows = count / h;
+    Rows r{residual.GetTensorData<float>(), skip.GetTensorData<float>(), gamma.GetTensorData<float>(),
+           nullptr, nullptr, nullptr, nullptr, h, epsilon};
+    const size_t inputs = ctx.GetInputCount();
+    const auto scale = inputs > 3 ? ctx.GetInput(3) : Ort::ConstValue(nullptr);
+    if (scale) {
+      if (scale.GetTensorTypeAndShapeInfo().GetElementCount() != rows)
+        throw Ort::Exception("SkipRmsNorm: skip_scale must hold one value per row", ORT_INVALID_ARGUMENT);
+      r.scale = scale.GetTensorData<float>();
+    }
+    const auto extra = inputs > 4 ? ctx.GetInput(4) : Ort::ConstValue(nullptr);
+    if (extra) {
+      if (extra.GetTensorTypeAndShapeInfo().GetShape() != shape)
+        throw Ort::Exception("SkipRmsNorm: extra must have the residual's shape", ORT_INVALID_ARGUMENT);
+      r.extra = extra.GetTensorData<float>();
+    }
+    r.normalized = ctx.GetOutput(0, shape).GetTensorMutableData<float>();
+    std::vector<float> scratch;
+    auto sum = ctx.GetOutputCount() > 1 ? ctx.GetOutput(1, shape) : Ort::UnownedValue(nullptr);
+    if (sum) {
+      r.sum = sum.GetTensorMutableData<float>();
+    } else {
+      scratch.resize(count);
+      r.sum = scratch.data();
+    }
+    if (rows == 1)
+      RunRow(&r, 0);  // a decode step: no thread hand-off for one row
+    else if (rows > 1)
+      ctx.ParallelFor(RunRow, rows, 0, &r);
+  }
+};
+
+struct SkipRmsNormOp : Ort::CustomOpBase<SkipRmsNormOp, SkipRmsNormKernel, true> {
+  OrtStatusPtr CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** kernel) const {
+    try {
+      *kernel = new SkipRmsNormKernel(api, info);
+      return nullptr;
+    } catch (const Ort::Exception& e) {
+      return Ort::GetApi().CreateStatus(e.GetOrtErrorCode(), e.what());
+    }
+  }
+  const char* GetName() const { return "SkipRmsNorm"; }
+  size_t GetInputTypeCount() const { return 5; }
+  ONNXTensorElementDataType GetInputType(size_t /*index*/) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
+  OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t index) const {
+    return index < 3 ? INPUT_OUTPUT_REQUIRED : INPUT_OUTPUT_OPTIONAL;
+  }
+  size_t GetOutputTypeCount() const { return 2; }
+  ONNXTensorElementDataType GetOutputType(size_t /*index*/) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
+  OrtCustomOpInputOutputCharacteristic GetOutputCharacteristic(size_t index) const {
+    return index == 0 ? INPUT_OUTPUT_REQUIRED : INPUT_OUTPUT_OPTIONAL;
+  }
+};
+
+const SkipRmsNormOp kSkipRmsNormOp;
+
+}  // namespace
+
+void ghostls::AddSkipRmsNormOp(Ort::CustomOpDomain& domain) { domain.Add(&kSkipRmsNormOp); }
