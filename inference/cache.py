@@ -168,7 +168,7 @@ def validate_model_dir(model_dir: Path, *, check_hash: bool = True) -> ModelMani
     bad = unsafe_files(model_dir)
     if bad == [model_dir / kv_attention.LIBRARY_NAME]:
         raise ModelError(f"refusing to load {model_dir}: it holds a file that can run code when loaded "
-                         f"({kv_attention.LIBRARY_NAME}, not the attention ops this ghostls built: made by another "
+                         f"({kv_attention.LIBRARY_NAME}, not the ops this ghostls built: made by another "
                          "version?); convert the model again with --force")
     if bad:
         names = ", ".join(str(p.relative_to(model_dir)) for p in bad)

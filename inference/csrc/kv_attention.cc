@@ -32,6 +32,7 @@
 #include <limits>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <initializer_list>
 #include <vector>
 
@@ -98,6 +99,15 @@ struct Int8Cache {
       }
     }
   }
+  // The rows' int8 values as float32, their scales apart (folded into the attention weights instead).
+  static void LoadUnscaled(const uint8_t* rows, int count, int head, float* out, float* scales) {
+    for (int r = 0; r < count; ++r, rows += head + 4, out += head) {
+      std::memcpy(&scales[r], rows + head, sizeof(float));
+      for (int i = 0; i < head; i += 8)
+        _mm256_storeu_ps(out + i, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(
+                                      _mm_loadl_epi64(reinterpret_cast<const __m128i*>(rows + i)))));
+    }
+  }
   static void Store(const float* values, int head, uint8_t* row) {
     float largest = 0.0f;
     for (int i = 0; i < head; ++i) largest = std::max(largest, std::fabs(values[i]));
@@ -128,23 +138,11 @@ struct RowState {
   }
 };
 
-// Folds keys [0, n) of a converted tile into a row's state. keys/values: kKeyTile rows of kVecs * 8 floats.
+// Folds keys [0, n) into a row's state, given their scores (kKeyTile floats, overwritten) and their values as
+// float32 rows of kVecs * 8, each multiplied by value_scales[j] when given.
 template <int kVecs>
-inline void AttendTile(const float* q, const float* keys, const float* values, int n, RowState<kVecs>& row) {
-  alignas(32) float scores[kKeyTile];
-  __m256 qv[kVecs];
-  for (int v = 0; v < kVecs; ++v) qv[v] = _mm256_loadu_ps(q + 8 * v);
-  for (int j0 = 0; j0 < n; j0 += 8) {
-    __m256 dots[8];
-    for (int j = 0; j < 8; ++j) {
-      const float* k = keys + (j0 + j) * kVecs * 8;
-      __m256 d = _mm256_mul_ps(qv[0], _mm256_loadu_ps(k));
-      for (int v = 1; v < kVecs; ++v) d = _mm256_fmadd_ps(qv[v], _mm256_loadu_ps(k + 8 * v), d);
-      dots[j] = d;
-    }
-    _mm256_store_ps(scores + j0, Sum8x8(dots));
-  }
-  // The tile's maximum score, eight lanes at a time (lanes past n hold the zero keys' scores: masked out).
+inline void Accumulate(float* scores, const float* values, const float* value_scales, int n, RowState<kVecs>& row) {
+  // The tile's maximum score, eight lanes at a time (lanes past n are masked out).
   const __m256 neg_inf = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
   __m256 max8 = neg_inf;
   for (int j0 = 0; j0 < n; j0 += 8) {
@@ -161,8 +159,9 @@ inline void AttendTile(const float* q, const float* keys, const float* values, i
   for (int j0 = 0; j0 < n; j0 += 8) {
     __m256 p = Exp8(_mm256_sub_ps(_mm256_load_ps(scores + j0), m));
     if (j0 + 8 > n) p = _mm256_andnot_ps(TailMask(n - j0), p);
-    _mm256_store_ps(scores + j0, p);
     sum = _mm256_add_ps(sum, p);
+    if (value_scales != nullptr) p = _mm256_mul_ps(p, _mm256_load_ps(value_scales + j0));
+    _mm256_store_ps(scores + j0, p);
   }
   row.sum = row.sum * rescale + HorizontalSum(sum);
   // The weighted values accumulate in registers: row.acc may alias the values as far as the compiler knows.
@@ -175,6 +174,82 @@ inline void AttendTile(const float* q, const float* keys, const float* values, i
     for (int v = 0; v < kVecs; ++v) acc[v] = _mm256_fmadd_ps(p, _mm256_loadu_ps(val + 8 * v), acc[v]);
   }
   for (int v = 0; v < kVecs; ++v) row.acc[v] = acc[v];
+}
+
+// Folds keys [0, n) of a converted tile into a row's state. keys/values: kKeyTile rows of kVecs * 8 floats.
+template <int kVecs>
+inline void AttendTile(const float* q, const float* keys, const float* values, int n, RowState<kVecs>& row) {
+  alignas(32) float scores[kKeyTile];
+  __m256 qv[kVecs];
+  for (int v = 0; v < kVecs; ++v) qv[v] = _mm256_loadu_ps(q + 8 * v);
+  for (int j0 = 0; j0 < n; j0 += 8) {
+    __m256 dots[8];
+    for (int j = 0; j < 8; ++j) {
+      const float* k = keys + (j0 + j) * kVecs * 8;
+      __m256 d = _mm256_mul_ps(qv[0], _mm256_loadu_ps(k));
+      for (int v = 1; v < kVecs; ++v) d = _mm256_fmadd_ps(qv[v], _mm256_loadu_ps(k + 8 * v), d);
+      dots[j] = d;
+    }
+    _mm256_store_ps(scores + j0, Sum8x8(dots));
+  }
+  Accumulate<kVecs>(scores, values, nullptr, n, row);
+}
+
+// A query head quantized for integer dot products against int8 keys, as llama.cpp does against its Q8_0 cache:
+// q8 = round(q / scale), scale = max |q| / 127; kept as |q8| and q8 for _mm256_maddubs_epi16 / _mm256_sign_epi8.
+template <int kChunks>
+struct Int8Query {
+  __m256i magnitude[kChunks], value[kChunks];
+  float scale;
+  explicit Int8Query(const float* q) {
+    float largest = 0.0f;
+    for (int i = 0; i < 32 * kChunks; ++i) largest = std::max(largest, std::fabs(q[i]));
+    scale = largest > 0.0f ? largest / 127.0f : 1.0f;
+    alignas(32) int8_t q8[32 * kChunks];
+    for (int i = 0; i < 32 * kChunks; ++i) q8[i] = static_cast<int8_t>(std::lrintf(q[i] / scale));
+    for (int c = 0; c < kChunks; ++c) {
+      value[c] = _mm256_load_si256(reinterpret_cast<const __m256i*>(q8 + 32 * c));
+      magnitude[c] = _mm256_abs_epi8(value[c]);
+    }
+  }
+};
+
+// The eight sums of a[0..7]'s int32 lanes, as one vector.
+inline __m256i Sum8x8(const __m256i a[8]) {
+  const __m256i t0 = _mm256_hadd_epi32(_mm256_hadd_epi32(a[0], a[1]), _mm256_hadd_epi32(a[2], a[3]));
+  const __m256i t1 = _mm256_hadd_epi32(_mm256_hadd_epi32(a[4], a[5]), _mm256_hadd_epi32(a[6], a[7]));
+  return _mm256_add_epi32(_mm256_permute2x128_si256(t0, t1, 0x20), _mm256_permute2x128_si256(t0, t1, 0x31));
+}
+
+// One query (a decode step) against an int8 tile: scores from integer dot products of the stored key bytes
+// (no float tile of keys), each times its row's scale and the query's; the values' scales go into the weights.
+// keys: the tile's first stored row; values: the tile converted to float32 without its scales.
+template <int kVecs>
+inline void AttendInt8Tile(const Int8Query<kVecs / 4>& q, const uint8_t* keys, size_t row_bytes, const float* values,
+                           const float* value_scales, int n, RowState<kVecs>& row) {
+  constexpr int kChunks = kVecs / 4;
+  alignas(32) float scores[kKeyTile];
+  alignas(32) float key_scales[8];
+  const __m256i ones = _mm256_set1_epi16(1);
+  for (int j0 = 0; j0 < n; j0 += 8) {
+    __m256i dots[8];
+    for (int j = 0; j < 8; ++j) {
+      dots[j] = _mm256_setzero_si256();
+      key_scales[j] = 0.0f;
+      if (j0 + j >= n) continue;  // past the tile: possibly past the buffer too
+      const uint8_t* k = keys + (j0 + j) * row_bytes;
+      for (int c = 0; c < kChunks; ++c) {
+        const __m256i kv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(k + 32 * c));
+        const __m256i pairs = _mm256_maddubs_epi16(q.magnitude[c], _mm256_sign_epi8(kv, q.value[c]));
+        dots[j] = _mm256_add_epi32(dots[j], _mm256_madd_epi16(pairs, ones));
+      }
+      std::memcpy(&key_scales[j], k + 32 * kChunks, sizeof(float));
+    }
+    const __m256 dot = _mm256_cvtepi32_ps(Sum8x8(dots));
+    _mm256_store_ps(scores + j0, _mm256_mul_ps(_mm256_mul_ps(dot, _mm256_load_ps(key_scales)),
+                                               _mm256_set1_ps(q.scale)));
+  }
+  Accumulate<kVecs>(scores, values, value_scales, n, row);
 }
 
 // Everything one Compute call's work items share. A work item is (batch row, kv head, query block, key chunk).
@@ -190,6 +265,67 @@ struct Work {
   float* partials;       // per item, per row: max, sum, head_size weighted values (only when key_chunks > 1)
   int rows_per_item() const { return (heads / kv_heads) * kQueryBlock; }
 };
+
+// Asks for the `count` rows of keys and values from row `at` on. The cache streams in from memory (a step's weights
+// evict it): asking for the next tile before converting this one overlaps the load of one with the arithmetic of
+// the other (hardware prefetch stops at page ends).
+inline void PrefetchRows(const Work& w, size_t at, int count) {
+  for (size_t line = 0; count > 0 && line < count * w.row_bytes; line += 64) {
+    _mm_prefetch(reinterpret_cast<const char*>(w.keys + at * w.row_bytes + line), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(w.values + at * w.row_bytes + line), _MM_HINT_T0);
+  }
+}
+
+// Folds keys [key_begin, key_end) of kv head g, batch row b, into the states of queries [s0, s1) (each causal).
+template <class Cache, int kVecs>
+void AttendTiles(const Work& w, int b, int g, int s0, int s1, int key_begin, int key_end, RowState<kVecs>* rows) {
+  constexpr int kHead = kVecs * 8;
+  const int group = w.heads / w.kv_heads;
+  const int past = w.past[b];
+  alignas(32) float keys[kKeyTile * kHead];
+  alignas(32) float values[kKeyTile * kHead];
+  const size_t cache_row = (static_cast<size_t>(b) * w.kv_heads + g) * w.cache_length;
+  for (int t0 = key_begin; t0 < key_end; t0 += kKeyTile) {
+    const int tile = std::min(kKeyTile, key_end - t0);
+    PrefetchRows(w, cache_row + t0 + kKeyTile, std::min(kKeyTile, key_end - t0 - kKeyTile));
+    Cache::Load(w.keys + (cache_row + t0) * w.row_bytes, tile, kHead, keys);
+    Cache::Load(w.values + (cache_row + t0) * w.row_bytes, tile, kHead, values);
+    // Rows of a partial last group of eight keys read zeros, not the previous tile's keys.
+    std::memset(keys + tile * kHead, 0, sizeof(float) * ((tile + 7) / 8 * 8 - tile) * kHead);
+    for (int s = s0; s < s1; ++s) {
+      const int visible = std::min(tile, past + s + 1 - t0);  // causal limit within this tile
+      if (visible <= 0) continue;
+      for (int h = 0; h < group; ++h) {
+        const float* q = w.queries + ((static_cast<size_t>(b) * w.sequence + s) * w.heads + g * group + h) * kHead;
+        AttendTile<kVecs>(q, keys, values, visible, rows[(s - s0) * group + h]);
+      }
+    }
+  }
+}
+
+// Folds keys [key_begin, key_end) of kv head g, batch row b, into the states of the one query of a decode step:
+// scores by AttendInt8Tile, values converted per tile without their scales.
+template <int kVecs>
+void AttendInt8Keys(const Work& w, int b, int g, int key_begin, int key_end, RowState<kVecs>* rows) {
+  constexpr int kHead = kVecs * 8;
+  const int group = w.heads / w.kv_heads;
+  std::vector<Int8Query<kVecs / 4>> queries;
+  queries.reserve(group);
+  for (int h = 0; h < group; ++h)
+    queries.emplace_back(w.queries + (static_cast<size_t>(b) * w.heads + g * group + h) * kHead);
+  alignas(32) float values[kKeyTile * kHead];
+  alignas(32) float value_scales[kKeyTile];
+  const size_t cache_row = (static_cast<size_t>(b) * w.kv_heads + g) * w.cache_length;
+  for (int t0 = key_begin; t0 < key_end; t0 += kKeyTile) {
+    const int tile = std::min(kKeyTile, key_end - t0);
+    PrefetchRows(w, cache_row + t0 + kKeyTile, std::min(kKeyTile, key_end - t0 - kKeyTile));
+    Int8Cache::LoadUnscaled(w.values + (cache_row + t0) * w.row_bytes, tile, kHead, values, value_scales);
+    std::fill(value_scales + tile, value_scales + kKeyTile, 0.0f);
+    for (int h = 0; h < group; ++h)
+      AttendInt8Tile<kVecs>(queries[h], w.keys + (cache_row + t0) * w.row_bytes, w.row_bytes, values, value_scales,
+                            tile, rows[h]);
+  }
+}
 
 template <class Cache, int kVecs>
 void RunItem(void* data, size_t index) {
@@ -210,34 +346,14 @@ void RunItem(void* data, size_t index) {
   const int key_end = std::min(past + s1, key_begin + w.key_chunk);  // the block's last query sees past + s1 keys
 
   std::vector<RowState<kVecs>> rows(static_cast<size_t>(group) * (s1 - s0));
-  alignas(32) float keys[kKeyTile * kHead];
-  alignas(32) float values[kKeyTile * kHead];
-  const size_t cache_row = (static_cast<size_t>(b) * w.kv_heads + g) * w.cache_length;
-  for (int t0 = key_begin; t0 < key_end; t0 += kKeyTile) {
-    const int tile = std::min(kKeyTile, key_end - t0);
-    // The cache streams in from memory (a step's weights evict it): ask for the next tile before converting this
-    // one, so that the load of one overlaps the arithmetic of the other (hardware prefetch stops at page ends).
-    const int next = std::min(kKeyTile, key_end - t0 - kKeyTile);
-    const uint8_t* next_keys = w.keys + (cache_row + t0 + kKeyTile) * w.row_bytes;
-    const uint8_t* next_values = w.values + (cache_row + t0 + kKeyTile) * w.row_bytes;
-    for (size_t line = 0; next > 0 && line < next * w.row_bytes; line += 64) {
-      _mm_prefetch(reinterpret_cast<const char*>(next_keys + line), _MM_HINT_T0);
-      _mm_prefetch(reinterpret_cast<const char*>(next_values + line), _MM_HINT_T0);
-    }
-    Cache::Load(w.keys + (cache_row + t0) * w.row_bytes, tile, kHead, keys);
-    Cache::Load(w.values + (cache_row + t0) * w.row_bytes, tile, kHead, values);
-    // Rows of a partial last group of eight keys read zeros, not the previous tile's keys.
-    std::memset(keys + tile * kHead, 0, sizeof(float) * ((tile + 7) / 8 * 8 - tile) * kHead);
-    for (int s = s0; s < s1; ++s) {
-      const int visible = std::min(tile, past + s + 1 - t0);  // causal limit within this tile
-      if (visible <= 0) continue;
-      for (int h = 0; h < group; ++h) {
-        const float* q = w.queries + ((static_cast<size_t>(b) * w.sequence + s) * w.heads + g * group + h) * kHead;
-        AttendTile<kVecs>(q, keys, values, visible, rows[(s - s0) * group + h]);
-      }
+  bool done = false;
+  if constexpr (std::is_same_v<Cache, Int8Cache> && kVecs % 4 == 0) {
+    if (w.sequence == 1) {  // a decode step: integer dot products with the keys
+      AttendInt8Keys<kVecs>(w, b, g, key_begin, key_end, rows.data());
+      done = true;
     }
   }
-
+  if (!done) AttendTiles<Cache, kVecs>(w, b, g, s0, s1, key_begin, key_end, rows.data());
   for (int s = s0; s < s1; ++s) {
     for (int h = 0; h < group; ++h) {
       const RowState<kVecs>& row = rows[(s - s0) * group + h];
