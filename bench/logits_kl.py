@@ -5,7 +5,13 @@ The first folder is the reference (the fp32 conversion); each other folder is co
 prompts: every prompt set's files, each cut at a line two thirds in, kept to its last N tokens for each N of
 --contexts, prefilled from an empty cache, then --tokens greedy tokens.
 
+The last position of a prefill runs the prompt path only. With --decode-steps N each model is also fed the
+reference's first N greedy tokens one at a time after the prompt (teacher-forced: the same tokens for all), and
+the KL is taken at every one of those steps: the one-token decode path, which a change to it alone (the int8
+cache's integer scores, session 9) is only seen in.
+
     .venv/bin/python bench/logits_kl.py REFERENCE MODEL [MODEL...] [--prompt-set a|b] [--contexts 300,900]
+                                        [--decode-steps 16]
 """
 
 from __future__ import annotations
@@ -36,25 +42,48 @@ def _texts(prompt_set: str) -> list[str]:
     return texts
 
 
-def _run(model, prompts: list[list[int]], tokens: int) -> list[tuple[np.ndarray, list[int]]]:
-    """Per prompt: the last position's log-probabilities after the prefill, and the greedy tokens."""
+def _log_probs(generator) -> np.ndarray:
+    """The last position's log-probabilities."""
+    logits = np.asarray(generator.get_output("logits"), dtype=np.float64)
+    logits = logits.reshape(-1, logits.shape[-1])[-1]  # [batch, positions, vocab]: the last position
+    shifted = logits - logits.max()
+    return shifted - np.log(np.exp(shifted).sum())
+
+
+def _generator(model, ids: list[int], tokens: int):
     import onnxruntime_genai as og
 
+    params = og.GeneratorParams(model)
+    params.set_search_options(do_sample=False, max_length=len(ids) + tokens + 1)
+    generator = og.Generator(model, params)
+    generator.append_tokens(ids)
+    return generator
+
+
+def _run(model, prompts: list[list[int]], tokens: int) -> list[tuple[np.ndarray, list[int]]]:
+    """Per prompt: the last position's log-probabilities after the prefill, and the greedy tokens."""
     out = []
     for ids in prompts:
-        params = og.GeneratorParams(model)
-        params.set_search_options(do_sample=False, max_length=len(ids) + tokens + 1)
-        generator = og.Generator(model, params)
-        generator.append_tokens(ids)
-        logits = np.asarray(generator.get_output("logits"), dtype=np.float64)
-        logits = logits.reshape(-1, logits.shape[-1])[-1]  # [batch, positions, vocab]: the last position
-        shifted = logits - logits.max()
-        log_probs = shifted - np.log(np.exp(shifted).sum())
+        generator = _generator(model, ids, tokens)
+        log_probs = _log_probs(generator)
         greedy = []
         for _ in range(tokens):
             generator.generate_next_token()
             greedy.append(int(generator.get_next_tokens()[0]))
         out.append((log_probs, greedy))
+    return out
+
+
+def _forced(model, prompts: list[list[int]], forced: list[list[int]]) -> list[list[np.ndarray]]:
+    """Per prompt: the log-probabilities after each of its forced tokens, fed one at a time after the prompt."""
+    out = []
+    for ids, tokens in zip(prompts, forced):
+        generator = _generator(model, ids, len(tokens))
+        steps = []
+        for token in tokens:
+            generator.append_tokens([token])
+            steps.append(_log_probs(generator))
+        out.append(steps)
     return out
 
 
@@ -68,16 +97,23 @@ def main() -> int:
     parser.add_argument("--contexts", default="300,900", help="prompt lengths in tokens")
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--decode-steps", type=int, default=0,
+                        help="also the KL at each of the reference's first N greedy tokens, fed one at a time")
     args = parser.parse_args()
+    if args.decode_steps > args.tokens:
+        parser.error("--decode-steps cannot exceed --tokens (the reference's greedy tokens it feeds)")
 
     tokenizer = Tokenizer.from_file(str(args.reference / "tokenizer.json"))
     contexts = [int(c) for c in args.contexts.split(",")]
     encoded = [tokenizer.encode(text, add_special_tokens=False).ids for text in _texts(args.prompt_set)]
     prompts = [ids[-context:] for context in contexts for ids in encoded]
-    results = {}
+    results, decoded = {}, {}
     for folder in (args.reference, *args.models):
         model = load_model(folder, args.threads)
         results[folder] = _run(model, prompts, args.tokens)
+        if args.decode_steps:
+            forced = [tokens[:args.decode_steps] for _, tokens in results[args.reference]]
+            decoded[folder] = _forced(model, prompts, forced)
         del model
 
     print(f"prompt set {args.prompt_set}: {len(encoded)} files x contexts {contexts}, {args.tokens} greedy tokens")
@@ -98,6 +134,17 @@ def main() -> int:
                                  for i in range(len(contexts)))
         print(f"| {folder.name} | {statistics.median(kls):.4f} | {max(kls):.4f} | {per_context} | "
               f"{same_top}/{len(kls)} |")
+    if args.decode_steps:
+        print(f"\nteacher-forced decode: {args.decode_steps} steps after each prompt")
+        print("| model | decode KL median (nats) | mean | p90 | same top token |")
+        print("| --- | --- | --- | --- | --- |")
+        for folder in args.models:
+            pairs = [(ref, lp) for ref_steps, steps in zip(decoded[args.reference], decoded[folder])
+                     for ref, lp in zip(ref_steps, steps)]
+            kls = [float((np.exp(ref) * (ref - lp)).sum()) for ref, lp in pairs]
+            same_top = sum(int(ref.argmax() == lp.argmax()) for ref, lp in pairs)
+            print(f"| {folder.name} | {statistics.median(kls):.4f} | {statistics.mean(kls):.4f} | "
+                  f"{float(np.percentile(kls, 90)):.4f} | {same_top}/{len(kls)} |")
     return 0
 
 

@@ -19,7 +19,8 @@ import numpy as np
 from ghostls.inference.cache import ModelError, models_root, sha256_file
 
 SOURCE_DIR = Path(__file__).parent / "csrc"
-SOURCES = ("register.cc", "kv_attention.cc", "gated_silu.cc", "skip_rms_norm.cc")  # compiled together; their headers: ops.h, simd.h
+# Compiled together into one library (their headers: ops.h, simd.h).
+SOURCES = ("register.cc", "kv_attention.cc", "gated_silu.cc", "skip_rms_norm.cc")
 LIBRARY_NAME = "libghostls_ops.so"  # the copy's name inside a model folder
 DOMAIN = "ai.ghostls"
 MS_DOMAIN = "com.microsoft"  # onnxruntime's contrib ops

@@ -144,9 +144,14 @@ def test_logits_kl_finds_a_model_identical_to_its_reference_and_another_one_not(
     reference = tiny_model("qwen")
     other = convert(tiny_checkpoints["qwen"], precision="int4", out_root=tmp_path)
     proc = subprocess.run([sys.executable, str(script), str(reference), str(reference), str(other),
-                           "--contexts", "16,24", "--tokens", "4"], capture_output=True, text=True, timeout=300)
+                           "--contexts", "16,24", "--tokens", "4", "--decode-steps", "3"],
+                          capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = {line.split("|")[1].strip(): line.split("|")[2:-1] for line in proc.stdout.splitlines()
-            if line.startswith("| ") and "KL" not in line}
-    assert float(rows[reference.name][0]) == 0 and rows[reference.name][3].strip() == "12/12"
-    assert float(rows[other.name][1]) > 0
+    prefill, decode = proc.stdout.split("teacher-forced decode")
+    # Both tables: model | KL median | KL max (prefill) or mean (decode) | ... | same top token.
+    for table, positions in ((prefill, 12), (decode, 12 * 3)):
+        rows = {line.split("|")[1].strip(): line.split("|")[2:-1] for line in table.splitlines()
+                if line.startswith("| ") and "KL" not in line and "---" not in line}
+        assert float(rows[reference.name][0]) == 0 and float(rows[reference.name][1]) == 0
+        assert rows[reference.name][3].strip() == f"{positions}/{positions}"
+        assert float(rows[other.name][1]) > 0

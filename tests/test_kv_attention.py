@@ -362,7 +362,7 @@ def test_gated_silu_refuses_shapes_it_cannot_read_and_the_session_goes_on(librar
     from onnx import helper
     from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
 
-    inputs = [helper.make_tensor_value_info("gate_up", T.FLOAT, None), helper.make_tensor_value_info("w", T.FLOAT, None)]
+    inputs = [helper.make_tensor_value_info(name, T.FLOAT, None) for name in ("gate_up", "w")]
     outputs = [helper.make_tensor_value_info("y", T.FLOAT, None), helper.make_tensor_value_info("o", T.FLOAT, None)]
     node = helper.make_node(kv_attention.GATED_SILU, ["gate_up", "w"], ["y", "o"], domain=kv_attention.DOMAIN)
     session = _single_op_session(library, node, inputs, outputs)
@@ -494,7 +494,8 @@ def test_the_q4_1_down_projections_offsets_are_added_as_the_norm_sums(library: P
               helper.make_tensor_value_info("residual", T.FLOAT, [1, None, h])]
     outputs = [helper.make_tensor_value_info(name, T.FLOAT, None) for name in ("normed", "sum", "normed2")]
     model = helper.make_model(helper.make_graph(nodes, "down", inputs, outputs, inits), ir_version=10, opset_imports=[
-        helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1), helper.make_opsetid(kv_attention.DOMAIN, 1)])
+        helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1),
+        helper.make_opsetid(kv_attention.DOMAIN, 1)])
 
     def run(graph_model) -> list[np.ndarray]:
         options = ort.SessionOptions()
