@@ -140,9 +140,10 @@ def _check(cache, session, qkv, past_key, past_value, pasts, heads, kv_heads, he
 
 # (sequence, past, cache length, batch): one-token decodes short and long (the long ones split the keys into
 # chunks across threads), a cache exactly full, one that must grow (not onnxruntime-genai's shared buffer),
-# prompt chunks from empty and after a past, batch rows of different lengths.
+# prompt chunks from empty and after a past, batch rows of different lengths (prompt chunks and decodes).
 CASES = [(1, 0, 64, 1), (1, 5, 64, 1), (1, 300, 400, 1), (1, 1000, 1100, 1), (1, 1023, 1024, 1), (1, 9, 9, 1),
-         (7, 0, 64, 1), (100, 0, 256, 1), (40, 300, 400, 1), (13, 700, 713, 1), (3, 10, 13, 2), (5, 59, 64, 2)]
+         (7, 0, 64, 1), (100, 0, 256, 1), (40, 300, 400, 1), (13, 700, 713, 1), (3, 10, 13, 2), (5, 59, 64, 2),
+         (1, 40, 64, 2), (1, 513, 600, 2)]
 
 
 @pytest.mark.parametrize("cache", CACHES)

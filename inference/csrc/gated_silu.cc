@@ -65,16 +65,8 @@ void RunRow(void* data, size_t row) {
 struct GatedSiluKernel {
   GatedSiluKernel(const OrtApi& /*api*/, const OrtKernelInfo* /*info*/) {}
 
-  // Errors become statuses: an exception must not cross into onnxruntime's C frames.
   OrtStatusPtr ComputeV2(OrtKernelContext* context) {
-    try {
-      Compute(context);
-      return nullptr;
-    } catch (const Ort::Exception& e) {
-      return Ort::GetApi().CreateStatus(e.GetOrtErrorCode(), e.what());
-    } catch (const std::exception& e) {
-      return Ort::GetApi().CreateStatus(ORT_FAIL, e.what());
-    }
+    return ghostls::StatusOf([&] { Compute(context); });
   }
 
   void Compute(OrtKernelContext* context) {
@@ -114,8 +106,7 @@ struct GatedSiluKernel {
 
 struct GatedSiluOp : Ort::CustomOpBase<GatedSiluOp, GatedSiluKernel, true> {
   OrtStatusPtr CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** kernel) const {
-    *kernel = new GatedSiluKernel(api, info);
-    return nullptr;
+    return ghostls::StatusOf([&] { *kernel = new GatedSiluKernel(api, info); });
   }
   const char* GetName() const { return "GatedSilu"; }
   size_t GetInputTypeCount() const { return 2; }

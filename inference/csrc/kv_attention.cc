@@ -431,16 +431,8 @@ struct KvAttentionKernel {
       throw Ort::Exception("num_heads must be a positive multiple of kv_num_heads", ORT_INVALID_ARGUMENT);
   }
 
-  // Errors become statuses: an exception must not cross into onnxruntime's C frames.
   OrtStatusPtr ComputeV2(OrtKernelContext* context) {
-    try {
-      Compute(context);
-      return nullptr;
-    } catch (const Ort::Exception& e) {
-      return Ort::GetApi().CreateStatus(e.GetOrtErrorCode(), e.what());
-    } catch (const std::exception& e) {
-      return Ort::GetApi().CreateStatus(ORT_FAIL, e.what());
-    }
+    return ghostls::StatusOf([&] { Compute(context); });
   }
 
   void Compute(OrtKernelContext* context) {
@@ -572,12 +564,7 @@ template <class Cache, bool kToInt8>
 struct KvAttentionOp
     : Ort::CustomOpBase<KvAttentionOp<Cache, kToInt8>, KvAttentionKernel<Cache, kToInt8>, true> {
   OrtStatusPtr CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** kernel) const {
-    try {
-      *kernel = new KvAttentionKernel<Cache, kToInt8>(api, info);
-      return nullptr;
-    } catch (const Ort::Exception& e) {
-      return Ort::GetApi().CreateStatus(e.GetOrtErrorCode(), e.what());
-    }
+    return ghostls::StatusOf([&] { *kernel = new KvAttentionKernel<Cache, kToInt8>(api, info); });
   }
   const char* GetName() const { return kToInt8 ? Cache::kToInt8Name : Cache::kName; }
   size_t GetInputTypeCount() const { return 7; }

@@ -69,16 +69,8 @@ struct SkipRmsNormKernel {
     epsilon = Ort::ConstKernelInfo(info).GetAttribute<float>("epsilon");
   }
 
-  // Errors become statuses: an exception must not cross into onnxruntime's C frames.
   OrtStatusPtr ComputeV2(OrtKernelContext* context) {
-    try {
-      Compute(context);
-      return nullptr;
-    } catch (const Ort::Exception& e) {
-      return Ort::GetApi().CreateStatus(e.GetOrtErrorCode(), e.what());
-    } catch (const std::exception& e) {
-      return Ort::GetApi().CreateStatus(ORT_FAIL, e.what());
-    }
+    return ghostls::StatusOf([&] { Compute(context); });
   }
 
   void Compute(OrtKernelContext* context) {
@@ -125,12 +117,7 @@ struct SkipRmsNormKernel {
 
 struct SkipRmsNormOp : Ort::CustomOpBase<SkipRmsNormOp, SkipRmsNormKernel, true> {
   OrtStatusPtr CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** kernel) const {
-    try {
-      *kernel = new SkipRmsNormKernel(api, info);
-      return nullptr;
-    } catch (const Ort::Exception& e) {
-      return Ort::GetApi().CreateStatus(e.GetOrtErrorCode(), e.what());
-    }
+    return ghostls::StatusOf([&] { *kernel = new SkipRmsNormKernel(api, info); });
   }
   const char* GetName() const { return "SkipRmsNorm"; }
   size_t GetInputTypeCount() const { return 5; }
