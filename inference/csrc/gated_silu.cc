@@ -97,31 +97,11 @@ struct GatedSiluKernel {
       if (!offsets) throw Ort::Exception("GatedSilu: the offsets weight needs output 1", ORT_INVALID_ARGUMENT);
       r.offsets = offsets.GetTensorMutableData<float>();
     }
-    if (rows == 1)
-      RunRow(&r, 0);  // a decode step: no thread hand-off for one row
-    else if (rows > 1)
-      ctx.ParallelFor(RunRow, rows, 0, &r);
+    ghostls::ForEachRow(ctx, RunRow, rows, &r);
   }
 };
 
-struct GatedSiluOp : Ort::CustomOpBase<GatedSiluOp, GatedSiluKernel, true> {
-  OrtStatusPtr CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** kernel) const {
-    return ghostls::StatusOf([&] { *kernel = new GatedSiluKernel(api, info); });
-  }
-  const char* GetName() const { return "GatedSilu"; }
-  size_t GetInputTypeCount() const { return 2; }
-  ONNXTensorElementDataType GetInputType(size_t /*index*/) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
-  OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t index) const {
-    return index == 0 ? INPUT_OUTPUT_REQUIRED : INPUT_OUTPUT_OPTIONAL;
-  }
-  size_t GetOutputTypeCount() const { return 2; }
-  ONNXTensorElementDataType GetOutputType(size_t /*index*/) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
-  OrtCustomOpInputOutputCharacteristic GetOutputCharacteristic(size_t index) const {
-    return index == 0 ? INPUT_OUTPUT_REQUIRED : INPUT_OUTPUT_OPTIONAL;
-  }
-};
-
-const GatedSiluOp kGatedSiluOp;
+const ghostls::FloatOp<GatedSiluKernel, 2, 1, 2> kGatedSiluOp("GatedSilu");
 
 }  // namespace
 

@@ -5,6 +5,7 @@
 #include <onnxruntime_cxx_api.h>
 #undef ORT_API_MANUAL_INIT
 
+#include <cstddef>
 #include <exception>
 
 namespace ghostls {
@@ -22,6 +23,37 @@ OrtStatusPtr StatusOf(Work&& work) noexcept {
     return Ort::GetApi().CreateStatus(ORT_FAIL, e.what());
   }
 }
+
+// Runs fn(data, row) for rows 0..rows-1: inline for one row (a decode step: no hand-off to the other threads),
+// across onnxruntime's intra-op threads for more.
+inline void ForEachRow(const Ort::KernelContext& ctx, void (*fn)(void*, size_t), size_t rows, void* data) {
+  if (rows == 1)
+    fn(data, 0);
+  else if (rows > 1)
+    ctx.ParallelFor(fn, rows, 0, data);
+}
+
+// An op whose inputs and outputs are all float tensors: the first kRequiredInputs of kInputs inputs required, the
+// rest optional; output 0 required, the other kOutputs - 1 optional. Kernel(api, info) makes its kernel.
+template <class Kernel, size_t kInputs, size_t kRequiredInputs, size_t kOutputs>
+struct FloatOp : Ort::CustomOpBase<FloatOp<Kernel, kInputs, kRequiredInputs, kOutputs>, Kernel, true> {
+  const char* name;
+  explicit FloatOp(const char* op_name) : name(op_name) {}
+  OrtStatusPtr CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** kernel) const {
+    return StatusOf([&] { *kernel = new Kernel(api, info); });
+  }
+  const char* GetName() const { return name; }
+  size_t GetInputTypeCount() const { return kInputs; }
+  ONNXTensorElementDataType GetInputType(size_t /*index*/) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
+  OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t index) const {
+    return index < kRequiredInputs ? INPUT_OUTPUT_REQUIRED : INPUT_OUTPUT_OPTIONAL;
+  }
+  size_t GetOutputTypeCount() const { return kOutputs; }
+  ONNXTensorElementDataType GetOutputType(size_t /*index*/) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
+  OrtCustomOpInputOutputCharacteristic GetOutputCharacteristic(size_t index) const {
+    return index == 0 ? INPUT_OUTPUT_REQUIRED : INPUT_OUTPUT_OPTIONAL;
+  }
+};
 
 // HalfKvAttention, Int8KvAttention and their ...ToInt8 variants (kv_attention.cc).
 void AddAttentionOps(Ort::CustomOpDomain& domain);

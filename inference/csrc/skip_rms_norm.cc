@@ -108,31 +108,11 @@ struct SkipRmsNormKernel {
       scratch.resize(count);
       r.sum = scratch.data();
     }
-    if (rows == 1)
-      RunRow(&r, 0);  // a decode step: no thread hand-off for one row
-    else if (rows > 1)
-      ctx.ParallelFor(RunRow, rows, 0, &r);
+    ghostls::ForEachRow(ctx, RunRow, rows, &r);
   }
 };
 
-struct SkipRmsNormOp : Ort::CustomOpBase<SkipRmsNormOp, SkipRmsNormKernel, true> {
-  OrtStatusPtr CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** kernel) const {
-    return ghostls::StatusOf([&] { *kernel = new SkipRmsNormKernel(api, info); });
-  }
-  const char* GetName() const { return "SkipRmsNorm"; }
-  size_t GetInputTypeCount() const { return 5; }
-  ONNXTensorElementDataType GetInputType(size_t /*index*/) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
-  OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t index) const {
-    return index < 3 ? INPUT_OUTPUT_REQUIRED : INPUT_OUTPUT_OPTIONAL;
-  }
-  size_t GetOutputTypeCount() const { return 2; }
-  ONNXTensorElementDataType GetOutputType(size_t /*index*/) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
-  OrtCustomOpInputOutputCharacteristic GetOutputCharacteristic(size_t index) const {
-    return index == 0 ? INPUT_OUTPUT_REQUIRED : INPUT_OUTPUT_OPTIONAL;
-  }
-};
-
-const SkipRmsNormOp kSkipRmsNormOp;
+const ghostls::FloatOp<SkipRmsNormKernel, 5, 3, 2> kSkipRmsNormOp("SkipRmsNorm");
 
 }  // namespace
 
