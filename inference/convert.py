@@ -60,9 +60,9 @@ STAGES = ("reading GGUF", "writing safetensors", "building ONNX", "requantizing"
 # completion never needs the others, and the LM head over every prompt token is a fifth of a small
 # model's prefill. RECIPE names this set and what the converter does after the builder: bump it when they
 # change, and cached models are converted again (4: the float16 KV cache op; 5: int8 for a GGUF; 6: small
-# nodes folded into ghostls's ops).
+# nodes folded into ghostls's ops; 7: W8A8 MatMuls as Int8MatMul).
 BUILDER_OPTIONS = ("prune_lm_head=true",)
-RECIPE = 6
+RECIPE = 7
 # Files of a Hugging Face checkpoint the converter may read: weights, configs, tokenizer data. Everything else
 # (pickled weights, remote-code *.py, READMEs) stays out of the folder the builder sees.
 _CHECKPOINT_SUFFIXES = (".json", ".safetensors", ".txt", ".model", ".jinja")
@@ -344,8 +344,12 @@ def _use_kv_attention(model_dir: Path, kv_cache: str, execution_provider: str, i
             print(f"ghostls: keeping a float32 KV cache: {e}", file=sys.stderr)
         else:
             if kv_attention.swap_attention(model, head_size, wanted):
+                # The folds repack W8A8 weights: all of them are read in, and written out anew.
+                onnx.load_external_data_for_model(model, str(model_dir))
                 kv_attention.fuse_small_nodes(model)
-                onnx.save_model(model, str(model_dir / MODEL_FILE))
+                (model_dir / MODEL_DATA_FILE).unlink(missing_ok=True)
+                onnx.save_model(model, str(model_dir / MODEL_FILE), save_as_external_data=True,
+                                all_tensors_to_one_file=True, location=MODEL_DATA_FILE, size_threshold=1024)
                 _set_session_options(model_dir / GENAI_CONFIG,
                                      custom_ops_library=kv_attention.install(model_dir, library))
             elif kv_cache != AUTO:

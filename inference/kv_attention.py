@@ -20,7 +20,7 @@ from ghostls.inference.cache import ModelError, models_root, sha256_file
 
 SOURCE_DIR = Path(__file__).parent / "csrc"
 # Compiled together into one library (their headers: ops.h, simd.h).
-SOURCES = ("register.cc", "kv_attention.cc", "gated_silu.cc", "skip_rms_norm.cc")
+SOURCES = ("register.cc", "kv_attention.cc", "gated_silu.cc", "skip_rms_norm.cc", "int8_matmul.cc")
 LIBRARY_NAME = "libghostls_ops.so"  # the copy's name inside a model folder
 DOMAIN = "ai.ghostls"
 MS_DOMAIN = "com.microsoft"  # onnxruntime's contrib ops
@@ -221,6 +221,8 @@ def _swappable(node, inits: dict, head_size: int) -> bool:
 TO_INT8 = "ToInt8"  # the suffix of an attention op's variant whose output comes quantized per token
 GATED_SILU = "GatedSilu"
 SKIP_RMS_NORM = "SkipRmsNorm"
+INT8_MATMUL = "Int8MatMul"
+INT8_TILE = 16  # output columns in one tile of Int8MatMul's packed weight
 
 
 def fuse_small_nodes(model) -> dict[str, int]:
@@ -237,9 +239,23 @@ def fuse_small_nodes(model) -> dict[str, int]:
       the Q4_1 down projection's Add of its offsets): into a SkipRmsNorm in place of onnxruntime's
       SkipSimplifiedLayerNormalization.
     Only runs whose intermediate values nothing else reads are folded: the graph computes the same values.
+
+    Before those, requantize.py's W8A8 MatMuls become Int8MatMul (their weights packed for its kernels; the
+    model's weights must be loaded, not left on disk): a DynamicQuantizeMatMul as it is, a MatMulIntegerToFloat
+    with the per-token quantization before it and the Mul by the rows' scales after it. That computes the same
+    int8 products with the activations scaled per row and symmetrically (DynamicQuantizeMatMul scales the whole
+    input, asymmetrically: the same thing for a decode step's one row, bar the zero point).
     """
     return {kind: _fold(model.graph, find) for kind, find in (
-        ("attention to int8", _attention_to_int8), (GATED_SILU, _gated_silu), (SKIP_RMS_NORM, _skip_rms_norm))}
+        (INT8_MATMUL, _int8_matmul), ("attention to int8", _attention_to_int8), (GATED_SILU, _gated_silu),
+        (SKIP_RMS_NORM, _skip_rms_norm))}
+
+
+def pack_int8_weight(q: np.ndarray) -> np.ndarray:
+    """An int8 [K, N] weight in Int8MatMul's layout [N / 16, K / 4, 16, 4]: tile t, quad j, column c, row i holds
+    q[4 * j + i, 16 * t + c]."""
+    k, n = q.shape
+    return np.ascontiguousarray(q.reshape(k // 4, 4, n // INT8_TILE, INT8_TILE).transpose(2, 0, 3, 1))
 
 
 class _Index:
@@ -250,6 +266,7 @@ class _Index:
         self.outputs = {o.name for o in graph.output}
         self.producer = {out: node for node in graph.node for out in node.output if out}
         self.readers: dict[str, list] = {}
+        self.new_initializers: list = []  # what the replacements read that the graph does not hold yet
         for node in graph.node:
             for name in node.input:
                 self.readers.setdefault(name, []).append(node)
@@ -286,6 +303,7 @@ def _fold(graph, find) -> int:
             removed.append(taken)
     if not removed:
         return 0
+    graph.initializer.extend(index.new_initializers)
     # A node's op type and first output name it: each value has one producer (a replacement takes over some).
     gone = {(n.op_type, n.output[0]) for run in removed for n in run}
     kept = [n for n in graph.node if (n.op_type, n.output[0]) not in gone]
@@ -317,14 +335,7 @@ def _attention_to_int8(node, index: _Index):
     quantize = index.only_reader(divide.output[0], "QuantizeLinear")
     if floor is None or quantize is None or list(divide.input) != [x, floor.output[0]]:
         return None
-    keepdims = next((a.i for a in reduce_max.attribute if a.name == "keepdims"), 1)
-    axes = index.constant(reduce_max.input[1]) if len(reduce_max.input) > 1 else None
-    tiny = index.constant(floor.input[1]) if len(floor.input) == 2 else None
-    step = index.constant(quantize.input[1])
-    zero = index.constant(quantize.input[2]) if len(quantize.input) > 2 else None
-    if (keepdims != 1 or axes is None or axes.tolist() != [-1] or tiny is None or tiny.size != 1
-            or not 0 < float(tiny) <= 1e-12 or step is None or step.size != 1 or float(step) != np.float32(1 / 127)
-            or zero is None or zero.dtype != np.uint8 or zero.size != 1 or int(zero) != 128):
+    if not _is_per_token_quantization(reduce_max, floor, quantize, index):
         return None
     fused = NodeProto()
     fused.CopyFrom(node)
@@ -332,6 +343,88 @@ def _attention_to_int8(node, index: _Index):
     fused.output[0] = quantize.output[0]
     fused.output.append(floor.output[0])
     return fused, [absolute, reduce_max, floor, divide, quantize]
+
+
+def _int8_matmul(node, index: _Index):
+    """A W8A8 MatMul of requantize.py whose int8 weight Int8MatMul can take (K a multiple of 4, N of 16): a
+    DynamicQuantizeMatMul(x, W, scales), or a MatMulIntegerToFloat reading x's per-token rows (Abs, ReduceMax,
+    Max, Div, QuantizeLinear) whose output only a Mul by their amax reads. One Int8MatMul of x."""
+    from onnx import numpy_helper
+
+    if node.domain != MS_DOMAIN or node.op_type not in ("DynamicQuantizeMatMul", "MatMulIntegerToFloat"):
+        return None
+    weight = index.constant(node.input[1]) if len(node.input) > 1 else None
+    if weight is None or weight.dtype != np.int8 or weight.ndim != 2 or weight.shape[0] % 4 \
+            or weight.shape[1] % INT8_TILE:
+        return None
+    n = weight.shape[1]
+    if node.op_type == "DynamicQuantizeMatMul":
+        scales = index.constant(node.input[2]) if len(node.input) == 3 else None
+        x, output, taken = node.input[0], node.output[0], []
+    else:
+        found = _per_token_rows(node, index)
+        if found is None:
+            return None
+        x, chain, column_scales, amax = found
+        scaled = index.only_reader(node.output[0], "Mul")
+        if scaled is None or sorted(scaled.input) != sorted([node.output[0], amax]) \
+                or len(index.readers.get(amax, [])) != 2:
+            return None
+        # MatMulIntegerToFloat's factor is W's column scale / 127 (the rows' amax / 127 is the Mul's amax).
+        scales = column_scales * np.float32(127) if column_scales is not None else None
+        output, taken = scaled.output[0], [*chain, scaled]
+    if scales is None or scales.dtype != np.float32 or scales.shape != (n,):
+        return None
+    base = node.input[1]
+    packed = numpy_helper.from_array(pack_int8_weight(weight), f"{base}/{INT8_MATMUL}")
+    sums = numpy_helper.from_array(weight.astype(np.int32).sum(axis=0, dtype=np.int32), f"{base}/{INT8_MATMUL}_sums")
+    stored_scales = numpy_helper.from_array(scales.astype(np.float32), f"{base}/{INT8_MATMUL}_scales")
+    index.new_initializers += [packed, sums, stored_scales]
+    fused = _make_node(INT8_MATMUL, [x, packed.name, stored_scales.name, sums.name], [output],
+                       node.name or output)
+    return fused, taken
+
+
+def _per_token_rows(matmul, index: _Index):
+    """For a MatMulIntegerToFloat(rows, W, 1, scales, 128) whose rows come from requantize._quantize_per_token's
+    nodes on x, read by nothing else: (x, those nodes, the MatMul's scales, the amax value), else None."""
+    if len(matmul.input) != 5:
+        return None
+    quantize = index.producer.get(matmul.input[0])
+    divide = index.producer.get(quantize.input[0]) if quantize is not None and quantize.op_type == "QuantizeLinear" \
+        else None
+    if divide is None or divide.op_type != "Div" or not index.read_once(matmul.input[0]) \
+            or not index.read_once(divide.output[0]):
+        return None
+    x, amax = divide.input
+    floor = index.producer.get(amax)
+    reduce_max = index.producer.get(floor.input[0]) if floor is not None and floor.op_type == "Max" else None
+    absolute = index.producer.get(reduce_max.input[0]) if reduce_max is not None \
+        and reduce_max.op_type == "ReduceMax" else None
+    if absolute is None or absolute.op_type != "Abs" or list(absolute.input) != [x] \
+            or not index.read_once(absolute.output[0]) or not index.read_once(reduce_max.output[0]):
+        return None
+    if not _is_per_token_quantization(reduce_max, floor, quantize, index):
+        return None
+    one, zero = index.constant(matmul.input[2]), index.constant(matmul.input[4])
+    if one is None or one.size != 1 or float(one) != 1.0 or zero is None or zero.dtype != np.uint8 \
+            or zero.size != 1 or int(zero) != 128:
+        return None
+    return x, [absolute, reduce_max, floor, divide, quantize], index.constant(matmul.input[3]), amax
+
+
+def _is_per_token_quantization(reduce_max, floor, quantize, index: _Index) -> bool:
+    """Whether these are requantize._quantize_per_token's ReduceMax (axis -1, kept), Max (a floor of at most
+    1e-12) and QuantizeLinear (scale 1/127, zero point 128 as uint8)."""
+    keepdims = next((a.i for a in reduce_max.attribute if a.name == "keepdims"), 1)
+    axes = index.constant(reduce_max.input[1]) if len(reduce_max.input) > 1 else None
+    tiny = index.constant(floor.input[1]) if len(floor.input) == 2 else None
+    step = index.constant(quantize.input[1])
+    zero = index.constant(quantize.input[2]) if len(quantize.input) > 2 else None
+    return (keepdims == 1 and axes is not None and axes.tolist() == [-1] and tiny is not None and tiny.size == 1
+            and 0 < float(tiny) <= 1e-12 and step is not None and step.size == 1
+            and float(step) == np.float32(1 / 127) and zero is not None and zero.dtype == np.uint8
+            and zero.size == 1 and int(zero) == 128)
 
 
 def _gated_silu(split, index: _Index):

@@ -88,14 +88,16 @@ def test_w8a8_takes_the_projections_after_norms_and_attention_and_the_model_runs
     manifest = validate_model_dir(model_dir)
     assert model_dir.name == "starcoder-w8a8-cpu" and manifest.precision == "w8a8"
     graph = onnx.load(str(model_dir / "model.onnx"), load_external_data=False).graph
-    # The checkpoint's default KV cache: ghostls's float16 op, whose output comes quantized for o's W8A8 MatMul.
-    layers = sum(node.op_type == "HalfKvAttentionToInt8" for node in graph.node)
+    # The checkpoint's default KV cache: ghostls's float16 op.
+    layers = sum(node.op_type == "HalfKvAttention" for node in graph.node)
     assert layers == 2
     # Per layer: q/k/v (one packed MatMul), o, gate and up; the down projection and the LM head keep blocks.
     assert manifest.weights == {"w8a8": 4 * layers, "int8 absmax": layers + 1}
     ops = [node.op_type for node in graph.node]
-    # Norm outputs (q/k/v; gate and up, sharing one) quantized per tensor, attention's output (o) per token.
-    assert ops.count("DynamicQuantizeMatMul") == 2 * layers and ops.count("MatMulIntegerToFloat") == layers
+    # Three int8 MatMuls a layer (gate and up share one), each quantizing its input per row: ghostls's
+    # Int8MatMul in place of onnxruntime's (kv_attention.fuse_small_nodes).
+    assert ops.count("Int8MatMul") == 3 * layers
+    assert not {"DynamicQuantizeMatMul", "MatMulIntegerToFloat", "QuantizeLinear"} & set(ops)
     assert not (model_dir / "model.calibration.onnx").exists()
     prompt = [1, 5, 9, 13, 17, 21]
     assert len(greedy_tokens(model_dir, prompt, 8)) == 8

@@ -377,18 +377,20 @@ def test_gated_silu_refuses_shapes_it_cannot_read_and_the_session_goes_on(librar
 
 def test_folding_small_nodes_keeps_the_logits(library: Path, tiny_checkpoints, tmp_path: Path) -> None:
     """A W8A8 conversion with onnxruntime's attention, then the attention swapped: with and without the small
-    nodes folded. Folded, each layer loses the per-token quantization (5 nodes), the MLP's Split, Sigmoid and
-    two Muls, and o's Mul by the per-token scales, and the logits stay those of the unfolded graph; a run whose
-    middle value something else reads is left alone."""
+    nodes folded. With the weights left on disk, each layer loses the per-token quantization (5 nodes), the
+    MLP's Split, Sigmoid and two Muls, and o's Mul by the per-token scales, and the logits stay those of the
+    unfolded graph; a run whose middle value something else reads is left alone. With the weights loaded (as the
+    converter folds), the W8A8 MatMuls become Int8MatMul too: q/k/v and gate|up then quantize each row
+    symmetrically instead of the whole input asymmetrically, so the logits move by that quantization's noise."""
     import onnx
 
     from ghostls.inference.convert import _set_session_options, convert
 
     source = convert(tiny_checkpoints["starcoder"], precision="w8a8", out_root=tmp_path / "source", kv_cache="float32")
     folders = {}
-    for name in ("unfolded", "folded", "partly"):
+    for name in ("unfolded", "folded", "partly", "int8"):
         folder = folders[name] = shutil.copytree(source, tmp_path / name)
-        model = onnx.load(str(folder / "model.onnx"), load_external_data=False)
+        model = onnx.load(str(folder / "model.onnx"), load_external_data=name == "int8")
         assert kv_attention.swap_attention(model, 16, "float16") == 2
         if name == "partly":  # layer 0's gate activation also read as a graph output: that MLP stays as it is
             sigmoid = next(n for n in model.graph.node if n.op_type == "Sigmoid")
@@ -398,21 +400,34 @@ def test_folding_small_nodes_keeps_the_logits(library: Path, tiny_checkpoints, t
         counts = kv_attention.fuse_small_nodes(model) if name != "unfolded" else None
         ops = [n.op_type for n in model.graph.node]
         if name == "folded":
-            assert counts == {"attention to int8": 2, kv_attention.GATED_SILU: 2, kv_attention.SKIP_RMS_NORM: 2}
+            assert counts == {kv_attention.INT8_MATMUL: 0, "attention to int8": 2, kv_attention.GATED_SILU: 2,
+                              kv_attention.SKIP_RMS_NORM: 2}
             assert before - len(model.graph.node) == 2 * (5 + 3 + 1)
             assert ops.count("HalfKvAttentionToInt8") == 2 and not {"Abs", "Sigmoid", "Split", "Mul"} & set(ops)
             # The norms after o: its per-token scales applied as they sum. The down projection (int8 blocks,
             # no offsets to add) feeds onnxruntime's norm as it did.
             assert ops.count(kv_attention.SKIP_RMS_NORM) == 2 and ops.count("SkipSimplifiedLayerNormalization") == 2
         elif name == "partly":
-            assert counts == {"attention to int8": 2, kv_attention.GATED_SILU: 1, kv_attention.SKIP_RMS_NORM: 2}
+            assert counts == {kv_attention.INT8_MATMUL: 0, "attention to int8": 2, kv_attention.GATED_SILU: 1,
+                              kv_attention.SKIP_RMS_NORM: 2}
             assert ops.count("Sigmoid") == 1
+        elif name == "int8":
+            # Per layer q/k/v, gate|up and o (with its five quantizing nodes and its Mul): nothing left for the
+            # attention's ToInt8 variant or a SkipRmsNorm to take.
+            assert counts == {kv_attention.INT8_MATMUL: 6, "attention to int8": 0, kv_attention.GATED_SILU: 2,
+                              kv_attention.SKIP_RMS_NORM: 0}
+            assert before - len(model.graph.node) == 2 * (6 + 3)
+            assert ops.count("HalfKvAttention") == 2 and ops.count("SkipSimplifiedLayerNormalization") == 4
+            assert not {"DynamicQuantizeMatMul", "MatMulIntegerToFloat", "QuantizeLinear", "Mul"} & set(ops)
         onnx.save_model(model, str(folder / "model.onnx"))
         _set_session_options(folder / "genai_config.json", custom_ops_library=kv_attention.install(folder, library))
     reference = _logits(folders["unfolded"])
     for name in ("folded", "partly"):
         # Measured: 4e-7 of the largest logit (Sigmoid's and the op's e^x round differently).
         assert np.abs(_logits(folders[name]) - reference).max() < 2e-5 * np.abs(reference).max(), name
+    # Measured: 1.0e-2 of the largest logit, a quantization step's noise; a wrong scale or a lost zero-point
+    # correction in Int8MatMul moves the logits by far more.
+    assert np.abs(_logits(folders["int8"]) - reference).max() < 3e-2 * np.abs(reference).max()
 
 
 @pytest.mark.parametrize("scale,extra", [(False, False), (True, False), (False, True)])
@@ -513,3 +528,126 @@ def test_the_q4_1_down_projections_offsets_are_added_as_the_norm_sums(library: P
                    "SkipSimplifiedLayerNormalization"]
     for got, want in zip(run(model), expected):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def _int8_matmul_session(library: Path):
+    from onnx import TensorProto as T
+    from onnx import helper
+
+    names = ("x", "weight", "scales", "sums")
+    inputs = [helper.make_tensor_value_info(name, kind, None)
+              for name, kind in zip(names, (T.FLOAT, T.INT8, T.FLOAT, T.INT32))]
+    node = helper.make_node(kv_attention.INT8_MATMUL, list(names), ["y"], domain=kv_attention.DOMAIN)
+    return _single_op_session(library, node, inputs, [helper.make_tensor_value_info("y", T.FLOAT, None)])
+
+
+def _int8_matmul_feeds(x: np.ndarray, q: np.ndarray, scales: np.ndarray) -> dict[str, np.ndarray]:
+    return {"x": x, "weight": kv_attention.pack_int8_weight(q), "scales": scales,
+            "sums": q.astype(np.int32).sum(axis=0, dtype=np.int32)}
+
+
+def _int8_matmul_reference(x: np.ndarray, q: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    """Each row of x as int8, round(x * (127 / amax)) half to even (float32, as the op), times q, in float64."""
+    amax = np.abs(x).max(-1, keepdims=True)
+    inverse = np.where(amax > 0, np.float32(127) / np.where(amax > 0, amax, 1), 0).astype(np.float32)
+    xq = np.rint(x * inverse)
+    return (xq.astype(np.float64) @ q.astype(np.float64)) * (amax / np.float32(127)) * scales
+
+
+@pytest.mark.parametrize("kernel", ["native", "avx2"])
+def test_int8_matmul_is_the_int8_product_of_each_row_quantized(library: Path, kernel: str,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Against NumPy, with either kernel (GHOSTLS_INT8_MATMUL=avx2; "native" is AVX-512 VNNI where the CPU has
+    it): a decode row, prompt rows over several work items (16 rows an item, VNNI's row pairs with one left
+    over), a group of tiles cut short (N = 80: four tiles and one), a row of zeros; the integer sums are exact in
+    both kernels, so they give the same floats."""
+    if kernel == "avx2":
+        monkeypatch.setenv("GHOSTLS_INT8_MATMUL", "avx2")
+    session = _int8_matmul_session(library)
+    rng = np.random.default_rng(13)
+    for rows, k, n in ((1, 576, 960), (37, 64, 80), (3, 1536, 16)):
+        q = rng.integers(-127, 128, (k, n)).astype(np.int8)
+        scales = rng.uniform(1e-3, 1e-2, n).astype(np.float32)
+        x = (rng.standard_normal((1, rows, k)) * 4).astype(np.float32)
+        x[0, rows // 2] = 0  # a zero row stays zero (no division by its amax)
+        (y,) = session.run(None, _int8_matmul_feeds(x, q, scales))
+        expected = _int8_matmul_reference(x, q, scales)
+        assert y.shape == (1, rows, n) and not y[0, rows // 2].any()
+        np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-6 * np.abs(expected).max())
+        if kernel == "avx2":
+            monkeypatch.delenv("GHOSTLS_INT8_MATMUL")
+            (native,) = _int8_matmul_session(library).run(None, _int8_matmul_feeds(x, q, scales))
+            monkeypatch.setenv("GHOSTLS_INT8_MATMUL", "avx2")
+            np.testing.assert_array_equal(native, y)
+
+
+def test_int8_matmul_refuses_shapes_it_cannot_read_and_the_session_goes_on(library: Path) -> None:
+    from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
+
+    session = _int8_matmul_session(library)
+    q = np.ones((64, 32), np.int8)
+    feeds = _int8_matmul_feeds(np.ones((1, 2, 64), np.float32), q, np.ones(32, np.float32))
+    with pytest.raises(InvalidArgument, match=r"last dimension must be the weight's K \(64\)"):
+        session.run(None, {**feeds, "x": np.ones((1, 2, 60), np.float32)})
+    with pytest.raises(InvalidArgument, match=r"packed as \[N / 16, K / 4, 16, 4\]"):
+        session.run(None, {**feeds, "weight": q})
+    with pytest.raises(InvalidArgument, match=r"scales and sums must be \[N\] \(32\)"):
+        session.run(None, {**feeds, "scales": np.ones(31, np.float32)})
+    (y,) = session.run(None, feeds)
+    np.testing.assert_allclose(y, np.full((1, 2, 32), 64.0), rtol=1e-6)  # 64 products of 127 * 1, times 1 / 127
+
+
+def test_w8a8_matmuls_fold_into_int8_matmul(library: Path) -> None:
+    """requantize.py's two W8A8 forms, as it writes them: DynamicQuantizeMatMul (one scale for the input) and the
+    per-token MatMulIntegerToFloat (five nodes quantizing x, the Mul by the rows' scales after it). Both fold into
+    an Int8MatMul of x. The per-token one computes the same thing (to a rounding tie); the other scales each row
+    symmetrically instead, which stays within a quantization step. A MatMul whose N is no multiple of 16 and a
+    per-token one whose rows something else reads are left alone."""
+    import onnxruntime as ort
+    from onnx import TensorProto as T
+    from onnx import helper, numpy_helper
+
+    from ghostls.inference.requantize import _quantize_per_token, _write_w8a8
+
+    k = 64
+    rng = np.random.default_rng(17)
+    nodes, inits = [], []
+    weights = {name: numpy_helper.from_array(rng.standard_normal((k, n)).astype(np.float32), name)
+               for name, n in (("w_tensor", 48), ("w_token", 32), ("w_odd", 40), ("w_read", 32))}
+    _write_w8a8([(helper.make_node("MatMul", ["x", "w_tensor"], ["y_tensor"], name="tensor"), weights["w_tensor"])],
+                None, None, nodes, inits)
+    _write_w8a8([(helper.make_node("MatMul", ["x", "w_odd"], ["y_odd"], name="odd"), weights["w_odd"])],
+                None, None, nodes, inits)
+    for name, x in (("token", "a"), ("read", "b")):
+        rows = _quantize_per_token(x, nodes, inits)
+        _write_w8a8([(helper.make_node("MatMul", [x, f"w_{name}"], [f"y_{name}"], name=name), weights[f"w_{name}"])],
+                    None, rows, nodes, inits)
+    nodes.append(helper.make_node("Identity", [f"{rows[0]}"], ["rows_b"]))  # b's rows read elsewhere too
+    inputs = [helper.make_tensor_value_info(name, T.FLOAT, [1, None, k]) for name in ("x", "a", "b")]
+    outputs = [helper.make_tensor_value_info(name, T.FLOAT, None) for name in ("y_tensor", "y_token", "y_odd", "y_read")]
+    outputs.append(helper.make_tensor_value_info("rows_b", T.UINT8, None))
+    model = helper.make_model(helper.make_graph(nodes, "w8a8", inputs, outputs, inits), ir_version=10, opset_imports=[
+        helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1),
+        helper.make_opsetid(kv_attention.DOMAIN, 1)])
+    feeds = {name: rng.standard_normal((1, 7, k)).astype(np.float32) for name in ("x", "a", "b")}
+
+    def run(graph_model) -> list[np.ndarray]:
+        options = ort.SessionOptions()
+        options.register_custom_ops_library(str(library))
+        session = ort.InferenceSession(graph_model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        return session.run(None, feeds)
+
+    before = run(model)
+    assert kv_attention.fuse_small_nodes(model)[kv_attention.INT8_MATMUL] == 2
+    ops = [node.op_type for node in model.graph.node]
+    assert ops.count(kv_attention.INT8_MATMUL) == 2 and ops.count("DynamicQuantizeMatMul") == 1
+    assert ops.count("MatMulIntegerToFloat") == 1 and ops.count("QuantizeLinear") == 1  # b's
+    after = run(model)
+    for i, name in enumerate(("tensor", "token", "odd", "read")):
+        weight = numpy_helper.to_array(weights[f"w_{name}"]).astype(np.float64)
+        exact = feeds[{"tensor": "x", "odd": "x", "token": "a", "read": "b"}[name]].astype(np.float64) @ weight
+        step = np.abs(exact).max() / 127  # about one activation step's worth, summed over K
+        assert np.abs(after[i] - exact).max() < 3 * step, name
+        if name != "tensor":  # the same arithmetic as before the fold, or not folded at all
+            np.testing.assert_allclose(after[i], before[i], rtol=0, atol=1e-2 * step)
+    np.testing.assert_array_equal(after[4], before[4])

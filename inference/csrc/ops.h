@@ -61,5 +61,7 @@ void AddAttentionOps(Ort::CustomOpDomain& domain);
 void AddGatedSiluOp(Ort::CustomOpDomain& domain);
 // SkipRmsNorm (skip_rms_norm.cc).
 void AddSkipRmsNormOp(Ort::CustomOpDomain& domain);
+// Int8MatMul (int8_matmul.cc).
+void AddInt8MatMulOp(Ort::CustomOpDomain& domain);
 
 }  // namespace ghostls

@@ -20,6 +20,7 @@ RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
       ghostls::AddAttentionOps(*domain);
       ghostls::AddGatedSiluOp(*domain);
       ghostls::AddSkipRmsNormOp(*domain);
+      ghostls::AddInt8MatMulOp(*domain);
     }
     Ort::UnownedSessionOptions(options).Add(*domain);
   } catch (const std::exception& e) {
