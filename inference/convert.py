@@ -60,9 +60,9 @@ STAGES = ("reading GGUF", "writing safetensors", "building ONNX", "requantizing"
 # completion never needs the others, and the LM head over every prompt token is a fifth of a small
 # model's prefill. RECIPE names this set and what the converter does after the builder: bump it when they
 # change, and cached models are converted again (4: the float16 KV cache op; 5: int8 for a GGUF; 6: small
-# nodes folded into ghostls's ops; 7: W8A8 MatMuls as Int8MatMul).
+# nodes folded into ghostls's ops; 7: W8A8 MatMuls as Int8MatMul; 8: SkipRmsNorm without skip_scale).
 BUILDER_OPTIONS = ("prune_lm_head=true",)
-RECIPE = 7
+RECIPE = 8
 # Files of a Hugging Face checkpoint the converter may read: weights, configs, tokenizer data. Everything else
 # (pickled weights, remote-code *.py, READMEs) stays out of the folder the builder sees.
 _CHECKPOINT_SUFFIXES = (".json", ".safetensors", ".txt", ".model", ".jinja")

@@ -218,7 +218,6 @@ def _swappable(node, inits: dict, head_size: int) -> bool:
             and len(node.output) == 3 and cos is not None and list(cos.dims)[1:] == [head_size // 2])
 
 
-TO_INT8 = "ToInt8"  # the suffix of an attention op's variant whose output comes quantized per token
 GATED_SILU = "GatedSilu"
 SKIP_RMS_NORM = "SkipRmsNorm"
 INT8_MATMUL = "Int8MatMul"
@@ -231,24 +230,20 @@ def fuse_small_nodes(model) -> dict[str, int]:
     A decode step runs each node of the graph once, on a few thousand floats at most, and each node has a fixed
     cost (a kernel call, an output allocation, often a hand-off to the other thread): four such nodes fewer per
     layer made a decode step 7% quicker in a paired A/B (docs/benchmarks.md, session 9). Folded, in this order:
-    - the per-token quantization (Abs, ReduceMax, Max, Div, QuantizeLinear) requantize.py writes on an attention
-      op's output for W8A8's o projection: into the op's ...ToInt8 variant, which outputs those rows and amax;
+    - requantize.py's W8A8 MatMuls: into Int8MatMul (their weights packed for its kernels; the model's weights
+      must be loaded, not left on disk), a DynamicQuantizeMatMul as it is, a MatMulIntegerToFloat with the
+      per-token quantization before it (Abs, ReduceMax, Max, Div, QuantizeLinear) and the Mul by the rows' scales
+      after it. The same int8 products, with the activations scaled per row and symmetrically
+      (DynamicQuantizeMatMul scales the whole input, asymmetrically: the same for a decode step's one row, bar
+      the zero point). Its kernels read the weights about twice as fast (docs/benchmarks.md, session 10);
     - an MLP's Split of gate|up, Sigmoid, Mul, Mul and, when the down projection is Q4_1, its offsets' Reshape,
       ReduceSum and MatMul: into one GatedSilu;
-    - the node that finishes a projection before the residual sum and RMS norm (o's Mul by the per-token scales,
-      the Q4_1 down projection's Add of its offsets): into a SkipRmsNorm in place of onnxruntime's
-      SkipSimplifiedLayerNormalization.
+    - the Q4_1 down projection's Add of its offsets before the residual sum and RMS norm: into a SkipRmsNorm in
+      place of onnxruntime's SkipSimplifiedLayerNormalization.
     Only runs whose intermediate values nothing else reads are folded: the graph computes the same values.
-
-    Before those, requantize.py's W8A8 MatMuls become Int8MatMul (their weights packed for its kernels; the
-    model's weights must be loaded, not left on disk): a DynamicQuantizeMatMul as it is, a MatMulIntegerToFloat
-    with the per-token quantization before it and the Mul by the rows' scales after it. That computes the same
-    int8 products with the activations scaled per row and symmetrically (DynamicQuantizeMatMul scales the whole
-    input, asymmetrically: the same thing for a decode step's one row, bar the zero point).
     """
     return {kind: _fold(model.graph, find) for kind, find in (
-        (INT8_MATMUL, _int8_matmul), ("attention to int8", _attention_to_int8), (GATED_SILU, _gated_silu),
-        (SKIP_RMS_NORM, _skip_rms_norm))}
+        (INT8_MATMUL, _int8_matmul), (GATED_SILU, _gated_silu), (SKIP_RMS_NORM, _skip_rms_norm))}
 
 
 def pack_int8_weight(q: np.ndarray) -> np.ndarray:
@@ -318,31 +313,6 @@ def _fold(graph, find) -> int:
     del graph.value_info[:]
     graph.value_info.extend(info)
     return len(removed)
-
-
-def _attention_to_int8(node, index: _Index):
-    """An attention op whose output only requantize._quantize_per_token's five nodes read (Abs, ReduceMax, Max,
-    Div, QuantizeLinear): its ...ToInt8 variant, outputting their rows and amax."""
-    from onnx import NodeProto
-
-    x = node.output[0] if node.domain == DOMAIN and node.op_type in OP_TYPES.values() else None
-    found = {n.op_type: n for n in index.readers.get(x, [])} if x else {}
-    if len(index.readers.get(x, [])) != 2 or set(found) != {"Abs", "Div"}:
-        return None
-    absolute, divide = found["Abs"], found["Div"]
-    reduce_max = index.only_reader(absolute.output[0], "ReduceMax")
-    floor = index.only_reader(reduce_max.output[0], "Max") if reduce_max is not None else None
-    quantize = index.only_reader(divide.output[0], "QuantizeLinear")
-    if floor is None or quantize is None or list(divide.input) != [x, floor.output[0]]:
-        return None
-    if not _is_per_token_quantization(reduce_max, floor, quantize, index):
-        return None
-    fused = NodeProto()
-    fused.CopyFrom(node)
-    fused.op_type += TO_INT8
-    fused.output[0] = quantize.output[0]
-    fused.output.append(floor.output[0])
-    return fused, [absolute, reduce_max, floor, divide, quantize]
 
 
 def _int8_matmul(node, index: _Index):
@@ -472,9 +442,8 @@ def _gated_silu(split, index: _Index):
 
 
 def _skip_rms_norm(norm, index: _Index):
-    """A SkipSimplifiedLayerNormalization (no bias) whose residual or skip is the last step of a projection,
-    read by nothing else: a Mul by an attention op's per-token amax (o's W8A8 MatMul), or the Add of a Q4_1
-    MatMulNBits and its offsets. One SkipRmsNorm that does that step as it sums."""
+    """A SkipSimplifiedLayerNormalization (no bias) whose residual or skip is the Add of a Q4_1 MatMulNBits and
+    GatedSilu's offsets, read by nothing else: one SkipRmsNorm that adds the offsets as it sums."""
     if norm.op_type != "SkipSimplifiedLayerNormalization" or norm.domain != MS_DOMAIN:
         return None
     inputs = list(norm.input)
@@ -489,22 +458,12 @@ def _skip_rms_norm(norm, index: _Index):
             continue
         makers = [index.producer.get(name) for name in last.input]
         kinds = [m.op_type if m is not None else None for m in makers]
-        if last.op_type == "Mul":
-            for k in (0, 1):  # which factor is the amax: output 3 of a ...ToInt8 attention op, [..., 1]
-                maker = makers[k]
-                if maker is not None and maker.op_type.endswith(TO_INT8) and maker.domain == DOMAIN \
-                        and len(maker.output) == 4 and maker.output[3] == last.input[k]:
-                    fused_inputs = [residual, last.input[1 - k], inputs[2], last.input[k]]
-                    break
-            else:
-                continue
-        elif last.op_type == "Add" and sorted(kinds, key=str) == sorted(["MatMulNBits", GATED_SILU], key=str):
-            offsets = last.input[kinds.index(GATED_SILU)]
-            if makers[kinds.index(GATED_SILU)].output[1:2] != [offsets]:
-                continue
-            fused_inputs = [residual, last.input[kinds.index("MatMulNBits")], inputs[2], "", offsets]
-        else:
+        if last.op_type != "Add" or sorted(kinds, key=str) != sorted(["MatMulNBits", GATED_SILU], key=str):
             continue
+        offsets = last.input[kinds.index(GATED_SILU)]
+        if makers[kinds.index(GATED_SILU)].output[1:2] != [offsets]:
+            continue
+        fused_inputs = [residual, last.input[kinds.index("MatMulNBits")], inputs[2], offsets]
         fused = _make_node(SKIP_RMS_NORM, fused_inputs, [outputs[0], outputs[3]] if outputs[3] else [outputs[0]],
                            norm.name or outputs[0])
         fused.attribute.extend([a for a in norm.attribute if a.name == "epsilon"])

@@ -283,53 +283,6 @@ def _single_op_session(library: Path, node, inputs: list, outputs: list):
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
-def _per_token_reference(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """requantize._quantize_per_token's nodes in NumPy float32: amax = max(max |x|, 1e-12) per row, then
-    round(x / amax / (1/127)) + 128, half to even."""
-    amax = np.maximum(np.abs(x).max(-1, keepdims=True), np.float32(1e-12)).astype(np.float32)
-    return np.clip(np.rint(x / amax / np.float32(1 / 127)) + 128, 0, 255).astype(np.uint8), amax
-
-
-@pytest.mark.parametrize("cache", CACHES)
-def test_the_to_int8_variant_outputs_the_attention_quantized_per_token(library: Path, cache: str) -> None:
-    from onnx import TensorProto as T
-    from onnx import helper
-
-    heads, kv_heads, head_size = 9, 3, 64
-    plain = _session(library, cache, heads, kv_heads, head_size)
-    kind = T.INT8 if cache == "int8" else T.FLOAT16
-    node = helper.make_node(kv_attention.OP_TYPES[cache] + kv_attention.TO_INT8, [i.name for i in plain.get_inputs()],
-                            ["rows", "present_key", "present_value", "amax"], domain=kv_attention.DOMAIN,
-                            num_heads=heads, kv_num_heads=kv_heads, scale=0.3)
-    inputs = [helper.make_tensor_value_info(name, t, None) for name, t in [
-        ("qkv", T.FLOAT), ("past_key", kind), ("past_value", kind), ("seqlens_k", T.INT32), ("total", T.INT32),
-        ("cos", T.FLOAT), ("sin", T.FLOAT)]]
-    assert [i.name for i in inputs] == [i.name for i in plain.get_inputs()]
-    outputs = [helper.make_tensor_value_info("rows", T.UINT8, None),
-               helper.make_tensor_value_info("present_key", kind, None),
-               helper.make_tensor_value_info("present_value", kind, None),
-               helper.make_tensor_value_info("amax", T.FLOAT, None)]
-    quantized = _single_op_session(library, node, inputs, outputs)
-    cos, sin = _rotary_tables(head_size)
-    rng = np.random.default_rng(7)
-    for sequence, past in ((1, 700), (37, 300), (1, 0)):  # a chunked decode, a prompt chunk, the first token
-        feeds = {"qkv": (rng.standard_normal((1, sequence, (heads + 2 * kv_heads) * head_size)) * 2).astype(np.float32),
-                 "past_key": _random_cache(cache, rng, (1, kv_heads, 1024, head_size)),
-                 "past_value": _random_cache(cache, rng, (1, kv_heads, 1024, head_size)),
-                 "seqlens_k": np.array([past + sequence - 1], np.int32), "total": np.array([past + sequence], np.int32),
-                 "cos": cos, "sin": sin}
-        out, keys, values = plain.run(None, {k: v.copy() for k, v in feeds.items()})
-        rows, keys_q, values_q, amax = quantized.run(None, {k: v.copy() for k, v in feeds.items()})
-        expected_rows, expected_amax = _per_token_reference(out)
-        assert rows.dtype == np.uint8 and rows.shape == out.shape and amax.shape == (1, sequence, 1)
-        written = past + sequence  # rows past it are the output buffer's, never written
-        np.testing.assert_array_equal(keys_q[:, :, :written], keys[:, :, :written])
-        np.testing.assert_array_equal(values_q[:, :, :written], values[:, :, :written])
-        np.testing.assert_allclose(amax, expected_amax, rtol=1e-6)
-        assert np.abs(rows.astype(int) - expected_rows).max() <= 1  # a tie may round either way
-        assert (rows != expected_rows).mean() < 0.01
-
-
 @pytest.mark.parametrize("offsets", [False, True])
 def test_gated_silu_is_silu_of_the_gate_times_up_and_the_block_offsets(library: Path, offsets: bool) -> None:
     from onnx import TensorProto as T
@@ -377,11 +330,11 @@ def test_gated_silu_refuses_shapes_it_cannot_read_and_the_session_goes_on(librar
 
 def test_folding_small_nodes_keeps_the_logits(library: Path, tiny_checkpoints, tmp_path: Path) -> None:
     """A W8A8 conversion with onnxruntime's attention, then the attention swapped: with and without the small
-    nodes folded. With the weights left on disk, each layer loses the per-token quantization (5 nodes), the
-    MLP's Split, Sigmoid and two Muls, and o's Mul by the per-token scales, and the logits stay those of the
-    unfolded graph; a run whose middle value something else reads is left alone. With the weights loaded (as the
-    converter folds), the W8A8 MatMuls become Int8MatMul too: q/k/v and gate|up then quantize each row
-    symmetrically instead of the whole input asymmetrically, so the logits move by that quantization's noise."""
+    nodes folded. With the weights left on disk, each layer loses the MLP's Split, Sigmoid and two Muls, and the
+    logits stay those of the unfolded graph; a run whose middle value something else reads is left alone. With
+    the weights loaded (as the converter folds), the W8A8 MatMuls become Int8MatMul too (o's with its five
+    quantizing nodes and its Mul): q/k/v and gate|up then quantize each row symmetrically instead of the whole
+    input asymmetrically, so the logits move by that quantization's noise."""
     import onnx
 
     from ghostls.inference.convert import _set_session_options, convert
@@ -400,22 +353,16 @@ def test_folding_small_nodes_keeps_the_logits(library: Path, tiny_checkpoints, t
         counts = kv_attention.fuse_small_nodes(model) if name != "unfolded" else None
         ops = [n.op_type for n in model.graph.node]
         if name == "folded":
-            assert counts == {kv_attention.INT8_MATMUL: 0, "attention to int8": 2, kv_attention.GATED_SILU: 2,
-                              kv_attention.SKIP_RMS_NORM: 2}
-            assert before - len(model.graph.node) == 2 * (5 + 3 + 1)
-            assert ops.count("HalfKvAttentionToInt8") == 2 and not {"Abs", "Sigmoid", "Split", "Mul"} & set(ops)
-            # The norms after o: its per-token scales applied as they sum. The down projection (int8 blocks,
-            # no offsets to add) feeds onnxruntime's norm as it did.
-            assert ops.count(kv_attention.SKIP_RMS_NORM) == 2 and ops.count("SkipSimplifiedLayerNormalization") == 2
+            # The down projection (int8 blocks, no offsets to add) feeds onnxruntime's norm as it did.
+            assert counts == {kv_attention.INT8_MATMUL: 0, kv_attention.GATED_SILU: 2, kv_attention.SKIP_RMS_NORM: 0}
+            assert before - len(model.graph.node) == 2 * 3
+            assert ops.count(kv_attention.GATED_SILU) == 2 and not {"Sigmoid", "Split"} & set(ops)
         elif name == "partly":
-            assert counts == {kv_attention.INT8_MATMUL: 0, "attention to int8": 2, kv_attention.GATED_SILU: 1,
-                              kv_attention.SKIP_RMS_NORM: 2}
+            assert counts == {kv_attention.INT8_MATMUL: 0, kv_attention.GATED_SILU: 1, kv_attention.SKIP_RMS_NORM: 0}
             assert ops.count("Sigmoid") == 1
         elif name == "int8":
-            # Per layer q/k/v, gate|up and o (with its five quantizing nodes and its Mul): nothing left for the
-            # attention's ToInt8 variant or a SkipRmsNorm to take.
-            assert counts == {kv_attention.INT8_MATMUL: 6, "attention to int8": 0, kv_attention.GATED_SILU: 2,
-                              kv_attention.SKIP_RMS_NORM: 0}
+            # Per layer q/k/v, gate|up and o (with its five quantizing nodes and its Mul).
+            assert counts == {kv_attention.INT8_MATMUL: 6, kv_attention.GATED_SILU: 2, kv_attention.SKIP_RMS_NORM: 0}
             assert before - len(model.graph.node) == 2 * (6 + 3)
             assert ops.count("HalfKvAttention") == 2 and ops.count("SkipSimplifiedLayerNormalization") == 4
             assert not {"DynamicQuantizeMatMul", "MatMulIntegerToFloat", "QuantizeLinear", "Mul"} & set(ops)
@@ -430,13 +377,13 @@ def test_folding_small_nodes_keeps_the_logits(library: Path, tiny_checkpoints, t
     assert np.abs(_logits(folders["int8"]) - reference).max() < 3e-2 * np.abs(reference).max()
 
 
-@pytest.mark.parametrize("scale,extra", [(False, False), (True, False), (False, True)])
-def test_skip_rms_norm_is_the_rms_norm_of_the_residual_sum(library: Path, scale: bool, extra: bool) -> None:
+@pytest.mark.parametrize("extra", [False, True])
+def test_skip_rms_norm_is_the_rms_norm_of_the_residual_sum(library: Path, extra: bool) -> None:
     from onnx import TensorProto as T
     from onnx import helper
 
     h = 76  # not a multiple of eight: the scalar tail runs too
-    names = ["residual", "skip", "gamma", "skip_scale" if scale else "", "extra" if extra else ""]
+    names = ["residual", "skip", "gamma", "extra" if extra else ""]
     inputs = [helper.make_tensor_value_info(name, T.FLOAT, None) for name in names if name]
     outputs = [helper.make_tensor_value_info(name, T.FLOAT, None) for name in ("normalized", "sum")]
     node = helper.make_node(kv_attention.SKIP_RMS_NORM, names, ["normalized", "sum"], domain=kv_attention.DOMAIN,
@@ -447,24 +394,22 @@ def test_skip_rms_norm_is_the_rms_norm_of_the_residual_sum(library: Path, scale:
         feeds = {"residual": rng.standard_normal((*shape, h)).astype(np.float32),
                  "skip": rng.standard_normal((*shape, h)).astype(np.float32),
                  "gamma": rng.standard_normal(h).astype(np.float32)}
-        if scale:
-            feeds["skip_scale"] = rng.uniform(0.1, 3, (*shape, 1)).astype(np.float32)
         if extra:
             feeds["extra"] = rng.standard_normal((*shape, h)).astype(np.float32)
         normalized, total = session.run(None, feeds)
-        expected = feeds["residual"].astype(np.float64) + feeds["skip"] * feeds.get("skip_scale", 1.0) \
+        expected = feeds["residual"].astype(np.float64) + feeds["skip"] \
             + feeds.get("extra", 0.0)
         np.testing.assert_allclose(total, expected, rtol=1e-5, atol=1e-6)
         rms = np.sqrt((expected ** 2).mean(-1, keepdims=True) + 1e-5)
         np.testing.assert_allclose(normalized, expected / rms * feeds["gamma"], rtol=1e-5, atol=1e-5)
 
 
-def test_skip_rms_norm_refuses_a_scale_that_is_not_one_per_row(library: Path) -> None:
+def test_skip_rms_norm_refuses_shapes_that_do_not_match_and_the_session_goes_on(library: Path) -> None:
     from onnx import TensorProto as T
     from onnx import helper
     from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
 
-    names = ["residual", "skip", "gamma", "skip_scale"]
+    names = ["residual", "skip", "gamma", "extra"]
     inputs = [helper.make_tensor_value_info(name, T.FLOAT, None) for name in names]
     outputs = [helper.make_tensor_value_info("normalized", T.FLOAT, None)]
     node = helper.make_node(kv_attention.SKIP_RMS_NORM, names, ["normalized"], domain=kv_attention.DOMAIN,
@@ -472,11 +417,11 @@ def test_skip_rms_norm_refuses_a_scale_that_is_not_one_per_row(library: Path) ->
     session = _single_op_session(library, node, inputs, outputs)
     feeds = {"residual": np.ones((1, 2, 8), np.float32), "skip": np.ones((1, 2, 8), np.float32),
              "gamma": np.ones(8, np.float32)}
-    with pytest.raises(InvalidArgument, match="one value per row"):
-        session.run(None, {**feeds, "skip_scale": np.ones((1, 2, 8), np.float32)})
+    with pytest.raises(InvalidArgument, match="extra must have the residual's shape"):
+        session.run(None, {**feeds, "extra": np.ones((1, 2, 1), np.float32)})
     with pytest.raises(InvalidArgument, match="one shape"):
-        session.run(None, {**feeds, "skip": np.ones((1, 1, 8), np.float32), "skip_scale": np.ones(2, np.float32)})
-    (normalized,) = session.run(None, {**feeds, "skip_scale": np.full((1, 2, 1), 3, np.float32)})
+        session.run(None, {**feeds, "skip": np.ones((1, 1, 8), np.float32), "extra": np.ones((1, 2, 8), np.float32)})
+    (normalized,) = session.run(None, {**feeds, "extra": np.full((1, 2, 8), 2, np.float32)})
     np.testing.assert_allclose(normalized, np.ones((1, 2, 8)), rtol=1e-5)  # the sum, 4, normalized: 1
 
 

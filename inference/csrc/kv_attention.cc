@@ -14,10 +14,6 @@
 //   4 total_seq_length    int32   [1]
 //   5 cos_cache, 6 sin_cache float [positions, head_size / 2]   (rotary over the whole head, not interleaved)
 // Outputs: attention float [batch, sequence, heads * head_size], present_key, present_value (the cache's type).
-// The ...ToInt8 variants hand the attention to a W8A8 MatMul already quantized per token, in place of the five
-// nodes that did it (Abs, ReduceMax, Max, Div, QuantizeLinear; paired A/B at 1,000 tokens: four of those nodes
-// per layer cost 7% of a decode step): output 0 is uint8, round(127 * x / amax) + 128 per token, and a fourth
-// output holds each token's amax = max(max |x|, 1e-12), float [batch, sequence, 1].
 // When the cache is long enough for the total length (onnxruntime-genai's shared past/present buffer), present
 // has past's shape and the new rows are written in place; otherwise present holds exactly the total length.
 //
@@ -33,7 +29,6 @@
 #include <stdexcept>
 #include <string>
 #include <type_traits>
-#include <initializer_list>
 #include <vector>
 
 #include "ops.h"
@@ -69,7 +64,6 @@ inline void FloatToHalf(const float* src, uint16_t* dst, int n) {
 struct HalfCache {
   static constexpr ONNXTensorElementDataType kType = ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16;
   static constexpr const char* kName = "HalfKvAttention";
-  static constexpr const char* kToInt8Name = "HalfKvAttentionToInt8";
   static int Head(int64_t row_elements) { return static_cast<int>(row_elements); }
   static int64_t RowElements(int head) { return head; }
   static size_t RowBytes(int head) { return 2 * static_cast<size_t>(head); }
@@ -84,7 +78,6 @@ struct HalfCache {
 struct Int8Cache {
   static constexpr ONNXTensorElementDataType kType = ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8;
   static constexpr const char* kName = "Int8KvAttention";
-  static constexpr const char* kToInt8Name = "Int8KvAttentionToInt8";
   static int Head(int64_t row_elements) { return static_cast<int>(row_elements) - 4; }
   static int64_t RowElements(int head) { return head + 4; }
   static size_t RowBytes(int head) { return static_cast<size_t>(head) + 4; }
@@ -398,26 +391,7 @@ void MergeChunks(const Work& w) {
         }
 }
 
-// Each of `count` rows of `width` floats (a multiple of 8) as uint8, round(127 * x / amax) + 128, with its amax =
-// max(max |x|, 1e-12), the way the QuantizeLinear chain it replaces computes them (x / amax / (1/127), rounded
-// half to even).
-void QuantizePerToken(const float* x, size_t count, int width, uint8_t* rows, float* amax) {
-  const __m256 sign = _mm256_set1_ps(-0.0f), step = _mm256_set1_ps(1.0f / 127.0f);
-  for (size_t r = 0; r < count; ++r, x += width, rows += width) {
-    __m256 largest = _mm256_setzero_ps();
-    for (int i = 0; i < width; i += 8) largest = _mm256_max_ps(largest, _mm256_andnot_ps(sign, _mm256_loadu_ps(x + i)));
-    amax[r] = std::max(HorizontalMax(largest), 1e-12f);
-    const __m256 m = _mm256_set1_ps(amax[r]);
-    for (int i = 0; i < width; i += 8) {
-      __m256i q = _mm256_cvtps_epi32(_mm256_div_ps(_mm256_div_ps(_mm256_loadu_ps(x + i), m), step));
-      q = _mm256_add_epi32(q, _mm256_set1_epi32(128));
-      const __m128i words = _mm_packus_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1));
-      _mm_storel_epi64(reinterpret_cast<__m128i*>(rows + i), _mm_packus_epi16(words, words));
-    }
-  }
-}
-
-template <class Cache, bool kToInt8>
+template <class Cache>
 struct KvAttentionKernel {
   int heads, kv_heads;
   float scale;
@@ -523,14 +497,7 @@ struct KvAttentionKernel {
       }
 
     const std::vector<int64_t> output_shape{batch, sequence, static_cast<int64_t>(heads) * head};
-    std::vector<float> unquantized;
-    float* attention;
-    if constexpr (kToInt8) {
-      unquantized.resize(static_cast<size_t>(batch) * sequence * heads * head);
-      attention = unquantized.data();
-    } else {
-      attention = ctx.GetOutput(0, output_shape).GetTensorMutableData<float>();
-    }
+    float* attention = ctx.GetOutput(0, output_shape).GetTensorMutableData<float>();
     Work w{batch, sequence, heads, kv_heads, head, present_length, queries.data(), keys, values, row_bytes, past.data(),
            attention, (sequence + kQueryBlock - 1) / kQueryBlock, 1, 0, nullptr};
     // One query (decoding): split each head's keys into chunks so that both threads work on a short batch.
@@ -551,22 +518,15 @@ struct KvAttentionKernel {
     }
     if (items > 0) ctx.ParallelFor(run, items, 0, &w);
     if (w.key_chunks > 1) MergeChunks(w);
-    if constexpr (kToInt8) {
-      auto rows = ctx.GetOutput(0, output_shape);
-      auto amax = ctx.GetOutput(3, std::vector<int64_t>{batch, sequence, 1});
-      QuantizePerToken(attention, static_cast<size_t>(batch) * sequence, heads * head,
-                       rows.GetTensorMutableData<uint8_t>(), amax.GetTensorMutableData<float>());
-    }
   }
 };
 
-template <class Cache, bool kToInt8>
-struct KvAttentionOp
-    : Ort::CustomOpBase<KvAttentionOp<Cache, kToInt8>, KvAttentionKernel<Cache, kToInt8>, true> {
+template <class Cache>
+struct KvAttentionOp : Ort::CustomOpBase<KvAttentionOp<Cache>, KvAttentionKernel<Cache>, true> {
   OrtStatusPtr CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** kernel) const {
-    return ghostls::StatusOf([&] { *kernel = new KvAttentionKernel<Cache, kToInt8>(api, info); });
+    return ghostls::StatusOf([&] { *kernel = new KvAttentionKernel<Cache>(api, info); });
   }
-  const char* GetName() const { return kToInt8 ? Cache::kToInt8Name : Cache::kName; }
+  const char* GetName() const { return Cache::kName; }
   size_t GetInputTypeCount() const { return 7; }
   ONNXTensorElementDataType GetInputType(size_t index) const {
     switch (index) {
@@ -577,26 +537,18 @@ struct KvAttentionOp
       default: return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
     }
   }
-  size_t GetOutputTypeCount() const { return kToInt8 ? 4 : 3; }
+  size_t GetOutputTypeCount() const { return 3; }
   ONNXTensorElementDataType GetOutputType(size_t index) const {
-    switch (index) {
-      case 0: return kToInt8 ? ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8 : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
-      case 1:
-      case 2: return Cache::kType;
-      default: return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
-    }
+    return index == 0 ? ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT : Cache::kType;
   }
 };
 
-const KvAttentionOp<HalfCache, false> kHalfOp;
-const KvAttentionOp<Int8Cache, false> kInt8Op;
-const KvAttentionOp<HalfCache, true> kHalfToInt8Op;
-const KvAttentionOp<Int8Cache, true> kInt8ToInt8Op;
+const KvAttentionOp<HalfCache> kHalfOp;
+const KvAttentionOp<Int8Cache> kInt8Op;
 
 }  // namespace
 
 void ghostls::AddAttentionOps(Ort::CustomOpDomain& domain) {
-  for (const OrtCustomOp* op : std::initializer_list<const OrtCustomOp*>{&kHalfOp, &kInt8Op, &kHalfToInt8Op,
-                                                                        &kInt8ToInt8Op})
-    domain.Add(op);
+  domain.Add(&kHalfOp);
+  domain.Add(&kInt8Op);
 }

@@ -55,7 +55,7 @@ struct FloatOp : Ort::CustomOpBase<FloatOp<Kernel, kInputs, kRequiredInputs, kOu
   }
 };
 
-// HalfKvAttention, Int8KvAttention and their ...ToInt8 variants (kv_attention.cc).
+// HalfKvAttention and Int8KvAttention (kv_attention.cc).
 void AddAttentionOps(Ort::CustomOpDomain& domain);
 // GatedSilu (gated_silu.cc).
 void AddGatedSiluOp(Ort::CustomOpDomain& domain);

@@ -1,17 +1,15 @@
-// SkipRmsNorm: onnxruntime's SkipSimplifiedLayerNormalization with the node before it folded in.
+// SkipRmsNorm: onnxruntime's SkipSimplifiedLayerNormalization with the Add before it folded in.
 //
-// A decoder layer ends each half with `residual + projection` and an RMS norm of that sum. In W8A8 and Q4_1
-// models the projection is still one node short of done there: o's MatMulIntegerToFloat leaves the per-token
-// scale to a Mul, the Q4_1 down projection leaves its offsets to an Add (requantize.py). This op takes that last
-// step as it sums, so neither node runs (each node a decode step runs costs it microseconds of its own:
-// docs/benchmarks.md, session 9).
+// A decoder layer ends each half with `residual + projection` and an RMS norm of that sum. In Q4_1 models the
+// down projection is still one node short of done there: it leaves its offsets to an Add (requantize.py). This
+// op adds them as it sums, so that node does not run (each node a decode step runs costs it microseconds of its
+// own: docs/benchmarks.md, session 9).
 //   input 0   residual     float [..., h]
 //   input 1   skip         float [..., h]
 //   input 2   gamma        float [h]
-//   input 3   skip_scale   float [..., 1]  optional: skip is multiplied by it, row by row
-//   input 4   extra        float [..., h]  optional: added to the sum
+//   input 3   extra        float [..., h]  optional: added to the sum
 //   output 0  normalized   float [..., h]  sum / sqrt(mean(sum^2) + epsilon) * gamma
-//   output 1  sum          float [..., h]  optional: residual + skip * skip_scale + extra, the next residual
+//   output 1  sum          float [..., h]  optional: residual + skip + extra, the next residual
 //   attribute epsilon      float
 
 #include <immintrin.h>
@@ -27,7 +25,7 @@
 namespace {
 
 struct Rows {
-  const float *residual, *skip, *gamma, *scale, *extra;
+  const float *residual, *skip, *gamma, *extra;
   float *normalized, *sum;
   int h;
   float epsilon;
@@ -39,19 +37,17 @@ void RunRow(void* data, size_t row) {
   const float *residual = r.residual + at, *skip = r.skip + at;
   const float* extra = r.extra ? r.extra + at : nullptr;
   float *sum = r.sum + at, *out = r.normalized + at;
-  const float scale = r.scale ? r.scale[row] : 1.0f;
-  const __m256 scale8 = _mm256_set1_ps(scale);
   __m256 squares8 = _mm256_setzero_ps();
   int i = 0;
   for (; i + 8 <= r.h; i += 8) {
-    __m256 s = _mm256_fmadd_ps(_mm256_loadu_ps(skip + i), scale8, _mm256_loadu_ps(residual + i));
+    __m256 s = _mm256_add_ps(_mm256_loadu_ps(skip + i), _mm256_loadu_ps(residual + i));
     if (extra) s = _mm256_add_ps(s, _mm256_loadu_ps(extra + i));
     _mm256_storeu_ps(sum + i, s);
     squares8 = _mm256_fmadd_ps(s, s, squares8);
   }
   float squares = ghostls::HorizontalSum(squares8);
   for (; i < r.h; ++i) {
-    sum[i] = std::fma(skip[i], scale, residual[i]) + (extra ? extra[i] : 0.0f);
+    sum[i] = skip[i] + residual[i] + (extra ? extra[i] : 0.0f);
     squares += sum[i] * sum[i];
   }
   const float inverse = 1.0f / std::sqrt(squares / static_cast<float>(r.h) + r.epsilon);
@@ -85,15 +81,8 @@ struct SkipRmsNormKernel {
     const int h = static_cast<int>(shape.back());
     const size_t rows = count / h;
     Rows r{residual.GetTensorData<float>(), skip.GetTensorData<float>(), gamma.GetTensorData<float>(),
-           nullptr, nullptr, nullptr, nullptr, h, epsilon};
-    const size_t inputs = ctx.GetInputCount();
-    const auto scale = inputs > 3 ? ctx.GetInput(3) : Ort::ConstValue(nullptr);
-    if (scale) {
-      if (scale.GetTensorTypeAndShapeInfo().GetElementCount() != rows)
-        throw Ort::Exception("SkipRmsNorm: skip_scale must hold one value per row", ORT_INVALID_ARGUMENT);
-      r.scale = scale.GetTensorData<float>();
-    }
-    const auto extra = inputs > 4 ? ctx.GetInput(4) : Ort::ConstValue(nullptr);
+           nullptr, nullptr, nullptr, h, epsilon};
+    const auto extra = ctx.GetInputCount() > 3 ? ctx.GetInput(3) : Ort::ConstValue(nullptr);
     if (extra) {
       if (extra.GetTensorTypeAndShapeInfo().GetShape() != shape)
         throw Ort::Exception("SkipRmsNorm: extra must have the residual's shape", ORT_INVALID_ARGUMENT);
@@ -112,7 +101,7 @@ struct SkipRmsNormKernel {
   }
 };
 
-const ghostls::FloatOp<SkipRmsNormKernel, 5, 3, 2> kSkipRmsNormOp("SkipRmsNorm");
+const ghostls::FloatOp<SkipRmsNormKernel, 4, 3, 2> kSkipRmsNormOp("SkipRmsNorm");
 
 }  // namespace
 
