@@ -277,7 +277,8 @@ class _Index:
         return None
 
     def constant(self, name: str):
-        """A small initializer's value; None for a non-initializer or one whose data lies outside the graph."""
+        """An initializer's value; None for a non-initializer or one whose data lies outside the graph (a model
+        loaded without its external data: the W8A8 weights then stay as they are)."""
         from onnx import TensorProto, numpy_helper
 
         init = self.inits.get(name)

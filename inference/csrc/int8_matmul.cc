@@ -4,11 +4,11 @@
 // Stands in for requantize.py's W8A8 MatMuls (onnxruntime's DynamicQuantizeMatMul, and MatMulIntegerToFloat with
 // the five nodes quantizing its input per token and the Mul after it). A decode step multiplies one row by each
 // weight, so it is a matrix-vector product bound by reading the weights: in onnxruntime's u8s8 GEMM that read ran
-// at about 14 GB/s on this repository's 2-core test machine, where this op's kernels read 20 (AVX2) and 26 GB/s
-// (AVX-512 VNNI) (docs/benchmarks.md, session 10). The weights come packed for those kernels (kv_attention.py's
-// `pack_int8_weight`): tiles of 16 output columns, each tile [K / 4][16][4], so one 64-byte load holds four
-// consecutive input rows of 16 columns, which is what one VNNI instruction (or two AVX2 ymm) multiplies by a
-// broadcast of four activation bytes.
+// at 12-14 GB/s on this repository's 2-core test machine, where these kernels, stand-alone, read 20 (AVX2) and
+// 26 GB/s (AVX-512 VNNI), and in the model decode got 1.23x faster (docs/benchmarks.md, session 10). The weights
+// come packed for those kernels (kv_attention.py's `pack_int8_weight`): tiles of 16 output columns, each tile
+// [K / 4][16][4], so one 64-byte load holds four consecutive input rows of 16 columns, which is what one VNNI
+// instruction (or two AVX2 ymm) multiplies by a broadcast of four activation bytes.
 //   input 0   x        float [..., K]
 //   input 1   weight   int8  [N / 16, K / 4, 16, 4]  q[k, n] = round(127 * W[k, n] / max_k |W[k, n]|), packed
 //   input 2   scales   float [N]                     max_k |W[k, n]| / 127
