@@ -16,8 +16,8 @@
 //   output 0  y        float [..., N]                sum_k xq[k] * q[k, n] * amax(x) / 127 * scales[n]
 // Each row of x is quantized as xq = round(127 * x / amax(|x|)) (a zero row stays zero). The integer sums are
 // exact in both kernels (AVX2 multiplies |xq| by q with xq's sign, so no 16-bit pair can saturate), so the two
-// give the same output. GHOSTLS_INT8_MATMUL=avx2 in the environment when a session is made picks the AVX2 kernel
-// on a CPU that has VNNI (the tests run both).
+// give the same output. GHOSTLS_KERNELS=avx2 in the environment when a session is made picks the AVX2 kernel on a
+// CPU that has VNNI (ghostls::UseVnni; the tests run both).
 
 #include <immintrin.h>
 
@@ -76,7 +76,7 @@ void QuantizeRow(const float* x, int k, bool as_unsigned, int8_t* q, float* scal
 // y[r, t*16 .. t*16+15] for kRows rows from `row` and kTiles tiles from `tile`, AVX-512 VNNI: one vpdpbusd
 // multiplies four unsigned activation bytes by four weight bytes for 16 columns and adds them in 32 bits.
 template <int kRows, int kTiles>
-__attribute__((target("avx512f,avx512bw,avx512vnni"))) void TilesVnni(const Problem& p, int row, int tile) {
+GHOSTLS_AVX512_VNNI void TilesVnni(const Problem& p, int row, int tile) {
   const size_t tile_bytes = static_cast<size_t>(p.k) * kTile;
   const int8_t* w = p.weight + static_cast<size_t>(tile) * tile_bytes;
   __m512i acc[kRows][kTiles];
@@ -187,17 +187,9 @@ void QuantizeOne(void* data, size_t row) {
               q.row_scale + row);
 }
 
-bool UseVnni() {
-  const char* forced = std::getenv("GHOSTLS_INT8_MATMUL");
-  if (forced != nullptr && std::string(forced) == "avx2") return false;
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-         __builtin_cpu_supports("avx512vnni");
-}
-
 struct Int8MatMulKernel {
   bool vnni;
-  Int8MatMulKernel(const OrtApi& /*api*/, const OrtKernelInfo* /*info*/) : vnni(UseVnni()) {}
+  Int8MatMulKernel(const OrtApi& /*api*/, const OrtKernelInfo* /*info*/) : vnni(ghostls::UseVnni()) {}
 
   OrtStatusPtr ComputeV2(OrtKernelContext* context) {
     return ghostls::StatusOf([&] { Compute(context); });

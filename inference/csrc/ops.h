@@ -6,7 +6,12 @@
 #undef ORT_API_MANUAL_INIT
 
 #include <cstddef>
+#include <cstdlib>
+#include <cstring>
 #include <exception>
+
+// A function compiled for AVX-512 with VNNI, called only where UseVnni() says the CPU has them.
+#define GHOSTLS_AVX512_VNNI __attribute__((target("avx512f,avx512bw,avx512dq,avx512vnni")))
 
 namespace ghostls {
 
@@ -22,6 +27,16 @@ OrtStatusPtr StatusOf(Work&& work) noexcept {
   } catch (const std::exception& e) {
     return Ort::GetApi().CreateStatus(ORT_FAIL, e.what());
   }
+}
+
+// Whether the kernels may take their AVX-512 VNNI paths: the CPU has them and GHOSTLS_KERNELS=avx2 is not set in
+// the environment when the session makes its kernels (the tests run both paths on a VNNI machine that way).
+inline bool UseVnni() {
+  const char* forced = std::getenv("GHOSTLS_KERNELS");
+  if (forced != nullptr && std::strcmp(forced, "avx2") == 0) return false;
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vnni");
 }
 
 // Runs fn(data, row) for rows 0..rows-1: inline for one row (a decode step: no hand-off to the other threads),
