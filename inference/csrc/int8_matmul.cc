@@ -24,7 +24,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -38,14 +37,16 @@ constexpr int kTile = 16;        // output columns a tile
 constexpr int kGroupTiles = 4;   // tiles one work item multiplies (64 columns)
 constexpr int kItemRows = 16;    // rows one work item multiplies, in prefill
 
+// One Compute call's operands: QuantizeOne fills xq and row_scale from x, then RunItem multiplies.
 struct Problem {
-  const int8_t* xq;       // [rows, K]: the quantized rows, each byte + 128 for the VNNI kernel
-  const float* row_scale; // [rows]: amax / 127
+  const float* x;
+  int8_t* xq;        // [rows, K]: the quantized rows, each byte + 128 for the VNNI kernel
+  float* row_scale;  // [rows]: amax / 127
   const int8_t* weight;
   const float* scales;
   const int32_t* sums;
   float* y;
-  int k, n, rows, groups;
+  int k, n, rows;
   bool vnni;
 };
 
@@ -173,18 +174,10 @@ void RunItem(void* data, size_t item) {
   }
 }
 
-struct QuantizeRows {
-  const float* x;
-  int8_t* xq;
-  float* row_scale;
-  int k;
-  bool vnni;
-};
-
 void QuantizeOne(void* data, size_t row) {
-  const QuantizeRows& q = *static_cast<const QuantizeRows*>(data);
-  QuantizeRow(q.x + row * static_cast<size_t>(q.k), q.k, q.vnni, q.xq + row * static_cast<size_t>(q.k),
-              q.row_scale + row);
+  const Problem& p = *static_cast<const Problem*>(data);
+  QuantizeRow(p.x + row * static_cast<size_t>(p.k), p.k, p.vnni, p.xq + row * static_cast<size_t>(p.k),
+              p.row_scale + row);
 }
 
 struct Int8MatMulKernel {
@@ -221,14 +214,13 @@ struct Int8MatMulKernel {
 
     std::vector<int8_t> xq(static_cast<size_t>(rows * k));
     std::vector<float> row_scale(static_cast<size_t>(rows));
-    QuantizeRows q{x.GetTensorData<float>(), xq.data(), row_scale.data(), static_cast<int>(k), vnni};
-    ghostls::ForEachRow(ctx, QuantizeOne, static_cast<size_t>(rows), &q);
+    Problem p{x.GetTensorData<float>(), xq.data(), row_scale.data(), weight.GetTensorData<int8_t>(),
+              scales.GetTensorData<float>(), sums.GetTensorData<int32_t>(), y, static_cast<int>(k),
+              static_cast<int>(n), static_cast<int>(rows), vnni};
+    ghostls::ForEachRow(ctx, QuantizeOne, static_cast<size_t>(rows), &p);
 
-    const int groups = static_cast<int>((n / kTile + kGroupTiles - 1) / kGroupTiles);
-    Problem p{xq.data(), row_scale.data(), weight.GetTensorData<int8_t>(), scales.GetTensorData<float>(),
-              sums.GetTensorData<int32_t>(), y, static_cast<int>(k), static_cast<int>(n), static_cast<int>(rows),
-              groups, vnni};
-    const size_t items = static_cast<size_t>((rows + kItemRows - 1) / kItemRows) * groups;
+    const int64_t groups = (n / kTile + kGroupTiles - 1) / kGroupTiles;
+    const size_t items = static_cast<size_t>((rows + kItemRows - 1) / kItemRows * groups);
     ctx.ParallelFor(RunItem, items, 0, &p);
   }
 };
