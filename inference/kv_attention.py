@@ -8,6 +8,7 @@ byte-identical copy of the one built here (cache.validate_model_dir checks it wi
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import platform
@@ -158,6 +159,31 @@ def is_own_library(path: Path) -> bool:
         return own.is_file() and path.is_file() and sha256_file(own) == sha256_file(path)
     except OSError:  # the source is not installed beside this module: nothing counts as its build
         return False
+
+
+def kernel_runs(library: Path) -> dict[str, int]:
+    """How many op calls in this process ran each kernel that the CPU's features choose between:
+    "Int8MatMul.avx512vnni", "Int8MatMul.avx2", "Int8KvAttention.avx512vnni" and "Int8KvAttention.avx2" (a decode
+    step's integer scores over the int8 cache). The counts are the library's own, shared by every session that
+    registered the library at this path; the tests read them to check which kernel they ran."""
+    runs = _counted(str(library))
+    counts = {}
+    index = 0
+    while (name := runs.GhostlsKernelName(index)) is not None:
+        counts[name.decode()] = runs.GhostlsKernelRuns(index)
+        index += 1
+    return counts
+
+
+@functools.cache
+def _counted(library: str):
+    """The library, loaded once and kept: its counters live as long as it stays loaded."""
+    import ctypes
+
+    lib = ctypes.CDLL(library)
+    lib.GhostlsKernelName.restype, lib.GhostlsKernelName.argtypes = ctypes.c_char_p, [ctypes.c_int]
+    lib.GhostlsKernelRuns.restype, lib.GhostlsKernelRuns.argtypes = ctypes.c_uint64, [ctypes.c_int]
+    return lib
 
 
 def row_elements(cache: str, head_size: int) -> int:

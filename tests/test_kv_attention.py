@@ -21,6 +21,36 @@ pytestmark = pytest.mark.skipif(kv_attention.unavailable_reason() is not None,
 CACHES = ("float16", "int8")
 
 
+def _cpu_flags() -> set[str]:
+    try:
+        return set(next(line for line in Path("/proc/cpuinfo").read_text().splitlines()
+                        if line.startswith("flags")).partition(":")[2].split())
+    except (OSError, StopIteration):
+        return set()
+
+
+# What ghostls::UseVnni asks of the CPU, read here from /proc/cpuinfo rather than from the library under test.
+MISSING_VNNI = [flag for flag in ("avx512f", "avx512bw", "avx512dq", "avx512_vnni") if flag not in _cpu_flags()]
+
+
+def _ask_for(kernel: str | None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sessions made next take `kernel`: "avx2" (GHOSTLS_KERNELS=avx2), "avx512vnni" (the default on a CPU that
+    has it; skipped, saying so, on one that has not: a pass there would be AVX2 checked twice), or None for ops
+    whose code is the same on every CPU."""
+    monkeypatch.delenv("GHOSTLS_KERNELS", raising=False)
+    if kernel == "avx2":
+        monkeypatch.setenv("GHOSTLS_KERNELS", "avx2")
+    elif kernel == "avx512vnni" and MISSING_VNNI:
+        pytest.skip(f"this CPU lacks {', '.join(MISSING_VNNI)}: the AVX-512 VNNI kernels cannot run here, only AVX2's")
+
+
+def _kernels_run(library: Path, op: str, before: dict[str, int]) -> dict[str, int]:
+    """The kernels of `op` that ran since `before` (kv_attention.kernel_runs), with how many calls each."""
+    after = kv_attention.kernel_runs(library)
+    return {name.partition(".")[2]: after[name] - before[name] for name in after
+            if name.startswith(f"{op}.") and after[name] > before[name]}
+
+
 @pytest.fixture(scope="module")
 def library() -> Path:
     # Built before the tests (Makefile: `python -m ghostls.inference.kv_attention`): the tests cannot reach the network
@@ -146,14 +176,18 @@ CASES = [(1, 0, 64, 1), (1, 5, 64, 1), (1, 300, 400, 1), (1, 1000, 1100, 1), (1,
          (1, 40, 64, 2), (1, 513, 600, 2)]
 
 
-# A decode step over an int8 cache has an AVX-512 VNNI kernel (head sizes 64 and 128) beside the AVX2 one:
-# "native" is the one this CPU takes, GHOSTLS_KERNELS=avx2 the other.
-@pytest.mark.parametrize("cache,kernel", [("float16", "native"), ("int8", "native"), ("int8", "avx2")])
+# A decode step over an int8 cache scores with integer dot products, in AVX-512 VNNI (head sizes 64 and 128) or
+# AVX2 (32 and up); every other step, and the float16 cache, scores in float32, the same code on every CPU.
+@pytest.mark.parametrize("cache,kernel", [("float16", None), ("int8", "avx512vnni"), ("int8", "avx2")],
+                         ids=["float16", "int8-avx512vnni", "int8-avx2"])
 @pytest.mark.parametrize("heads,kv_heads,head_size", [(9, 3, 64), (4, 2, 16), (4, 2, 32), (8, 1, 128), (4, 4, 64)])
-def test_attention_matches_the_reference(library: Path, cache: str, kernel: str, heads: int, kv_heads: int,
-                                         head_size: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    if kernel == "avx2":
-        monkeypatch.setenv("GHOSTLS_KERNELS", "avx2")
+def test_attention_matches_the_reference(library: Path, cache: str, kernel: str | None, heads: int, kv_heads: int,
+                                         head_size: int, monkeypatch: pytest.MonkeyPatch, record_property) -> None:
+    _ask_for(kernel, monkeypatch)
+    expected = None
+    if cache == "int8" and head_size % 32 == 0:
+        expected = "avx512vnni" if kernel == "avx512vnni" and head_size % 64 == 0 else "avx2"
+    before = kv_attention.kernel_runs(library)
     session = _session(library, cache, heads, kv_heads, head_size)
     cos, sin = _rotary_tables(head_size)
     rng = np.random.default_rng(head_size + heads)
@@ -164,6 +198,11 @@ def test_attention_matches_the_reference(library: Path, cache: str, kernel: str,
         past_value = _random_cache(cache, rng, (batch, kv_heads, cache_length, head_size))
         _check(cache, session, qkv, past_key, past_value, pasts, heads, kv_heads, head_size, cos, sin,
                f"{cache}: sequence {sequence}, past {past}, cache {cache_length}, batch {batch}")
+    ran = _kernels_run(library, "Int8KvAttention", before)
+    record_property("kernel", expected or "float32 scores")
+    print(f"{cache} cache, head size {head_size}: decode steps ran {ran or 'float32 scores'}")
+    decode_steps = sum(sequence == 1 for sequence, *_ in CASES)
+    assert ran == ({expected: decode_steps} if expected else {}), f"expected {expected}, ran {ran}"
 
 
 def test_a_bad_request_is_an_error_and_the_session_goes_on(library: Path) -> None:
@@ -503,31 +542,37 @@ def _int8_matmul_reference(x: np.ndarray, q: np.ndarray, scales: np.ndarray) -> 
     return (xq.astype(np.float64) @ q.astype(np.float64)) * (amax / np.float32(127)) * scales
 
 
-@pytest.mark.parametrize("kernel", ["native", "avx2"])
-def test_int8_matmul_is_the_int8_product_of_each_row_quantized(library: Path, kernel: str,
+@pytest.mark.parametrize("kernel", ["avx512vnni", "avx2"])
+def test_int8_matmul_is_the_int8_product_of_each_row_quantized(library: Path, kernel: str, record_property,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    """Against NumPy, with either kernel (GHOSTLS_KERNELS=avx2; "native" is AVX-512 VNNI where the CPU has
-    it): a decode row, prompt rows over several work items (16 rows an item, VNNI's row pairs with one left
-    over), a group of tiles cut short (N = 80: four tiles and one), a row of zeros; the integer sums are exact in
-    both kernels, so they give the same floats."""
-    if kernel == "avx2":
-        monkeypatch.setenv("GHOSTLS_KERNELS", "avx2")
+    """Against NumPy, with each kernel (the one that ran checked too): a decode row, prompt rows over several work
+    items (16 rows an item, VNNI's row pairs with one left over), a group of tiles cut short (N = 80: four tiles
+    and one), a row of zeros; the integer sums are exact in both kernels, so they give the same floats."""
+    _ask_for(kernel, monkeypatch)
+    before = kv_attention.kernel_runs(library)
     session = _int8_matmul_session(library)
     rng = np.random.default_rng(13)
+    results = []
     for rows, k, n in ((1, 576, 960), (37, 64, 80), (3, 1536, 16)):
         q = rng.integers(-127, 128, (k, n)).astype(np.int8)
         scales = rng.uniform(1e-3, 1e-2, n).astype(np.float32)
         x = (rng.standard_normal((1, rows, k)) * 4).astype(np.float32)
         x[0, rows // 2] = 0  # a zero row stays zero (no division by its amax)
-        (y,) = session.run(None, _int8_matmul_feeds(x, q, scales))
+        feeds = _int8_matmul_feeds(x, q, scales)
+        (y,) = session.run(None, feeds)
         expected = _int8_matmul_reference(x, q, scales)
         assert y.shape == (1, rows, n) and not y[0, rows // 2].any()
         np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-6 * np.abs(expected).max())
-        if kernel == "avx2":
-            monkeypatch.delenv("GHOSTLS_KERNELS")
-            (native,) = _int8_matmul_session(library).run(None, _int8_matmul_feeds(x, q, scales))
-            monkeypatch.setenv("GHOSTLS_KERNELS", "avx2")
-            np.testing.assert_array_equal(native, y)
+        results.append((feeds, y))
+    ran = _kernels_run(library, "Int8MatMul", before)
+    record_property("kernel", kernel)
+    print(f"Int8MatMul ran {ran}")
+    assert ran == {kernel: len(results)}, f"expected {kernel}, ran {ran}"
+    if kernel == "avx2" and not MISSING_VNNI:  # and the very floats of the VNNI kernel
+        monkeypatch.delenv("GHOSTLS_KERNELS")
+        vnni = _int8_matmul_session(library)
+        for feeds, y in results:
+            np.testing.assert_array_equal(vnni.run(None, feeds)[0], y)
 
 
 def test_int8_matmul_refuses_shapes_it_cannot_read_and_the_session_goes_on(library: Path) -> None:

@@ -17,7 +17,7 @@
 // Each row of x is quantized as xq = round(127 * x / amax(|x|)) (a zero row stays zero). The integer sums are
 // exact in both kernels (AVX2 multiplies |xq| by q with xq's sign, so no 16-bit pair can saturate), so the two
 // give the same output. GHOSTLS_KERNELS=avx2 in the environment when a session is made picks the AVX2 kernel on a
-// CPU that has VNNI (ghostls::UseVnni; the tests run both).
+// CPU that has VNNI (ghostls::UseVnni; the tests run both, and check which ran with ghostls::CountRun).
 
 #include <immintrin.h>
 
@@ -217,6 +217,7 @@ struct Int8MatMulKernel {
     Problem p{x.GetTensorData<float>(), xq.data(), row_scale.data(), weight.GetTensorData<int8_t>(),
               scales.GetTensorData<float>(), sums.GetTensorData<int32_t>(), y, static_cast<int>(k),
               static_cast<int>(n), static_cast<int>(rows), vnni};
+    ghostls::CountRun(p.vnni ? ghostls::kInt8MatMulVnni : ghostls::kInt8MatMulAvx2);
     ghostls::ForEachRow(ctx, QuantizeOne, static_cast<size_t>(rows), &p);
 
     const int64_t groups = (n / kTile + kGroupTiles - 1) / kGroupTiles;

@@ -17,6 +17,7 @@
 // A decode step over the int8 cache scores with integer dot products (the query quantized per head); on a CPU with
 // AVX-512 VNNI one vpdpbusd per key row and head (AttendInt8KeysVnni), else AVX2 (AttendInt8Keys): the same
 // scores and weights either way (ghostls::UseVnni; paired A/B decode 1.043x at 1,000 tokens, 1.053x at 2,000).
+// Which of the two a step took is counted (ghostls::CountRun) for the tests to check.
 // When the cache is long enough for the total length (onnxruntime-genai's shared past/present buffer), present
 // has past's shape and the new rows are written in place; otherwise present holds exactly the total length.
 //
@@ -268,7 +269,8 @@ struct Work {
   float* out;            // [batch, sequence, heads * head_size]
   int query_blocks, key_chunks, key_chunk;
   float* partials;       // per item, per row: max, sum, head_size weighted values (only when key_chunks > 1)
-  bool vnni;             // a decode step over the int8 cache may take AttendInt8KeysVnni
+  ghostls::Kernel scores;  // a decode step over the int8 cache: kInt8AttentionVnni or kInt8AttentionAvx2;
+                           // kKernelCount for float scores (prefill, the float16 cache, head size 16)
   int rows_per_item() const { return (heads / kv_heads) * kQueryBlock; }
 };
 
@@ -431,16 +433,17 @@ void RunItem(void* data, size_t index) {
   const int key_end = std::min(past + s1, key_begin + w.key_chunk);  // the block's last query sees past + s1 keys
 
   std::vector<RowState<kVecs>> rows(static_cast<size_t>(group) * (s1 - s0));
+  // The scoring Compute chose (and counted); its kernels exist only for the head sizes it chooses them for.
   bool done = false;
+  if constexpr (std::is_same_v<Cache, Int8Cache> && kVecs % 8 == 0) {
+    if (w.scores == ghostls::kInt8AttentionVnni) {
+      AttendInt8KeysVnni<kVecs>(w, b, g, key_begin, key_end, rows.data());
+      done = true;
+    }
+  }
   if constexpr (std::is_same_v<Cache, Int8Cache> && kVecs % 4 == 0) {
-    if (w.sequence == 1) {  // a decode step: integer dot products with the keys
-      if constexpr (kVecs % 8 == 0) {
-        if (w.vnni) {
-          AttendInt8KeysVnni<kVecs>(w, b, g, key_begin, key_end, rows.data());
-          done = true;
-        }
-      }
-      if (!done) AttendInt8Keys<kVecs>(w, b, g, key_begin, key_end, rows.data());
+    if (w.scores == ghostls::kInt8AttentionAvx2) {
+      AttendInt8Keys<kVecs>(w, b, g, key_begin, key_end, rows.data());
       done = true;
     }
   }
@@ -595,10 +598,18 @@ struct KvAttentionKernel {
         }
       }
 
+    // A decode step over the int8 cache scores with integer dot products: AVX-512 VNNI for head sizes 64 and 128
+    // where the CPU has it, else AVX2 (head sizes 32 and up). Everything else scores in float32.
+    ghostls::Kernel scores = ghostls::kKernelCount;
+    if (std::is_same_v<Cache, Int8Cache> && sequence == 1 && head % 32 == 0) {
+      scores = vnni && head % 64 == 0 ? ghostls::kInt8AttentionVnni : ghostls::kInt8AttentionAvx2;
+      ghostls::CountRun(scores);
+    }
+
     const std::vector<int64_t> output_shape{batch, sequence, static_cast<int64_t>(heads) * head};
     float* attention = ctx.GetOutput(0, output_shape).GetTensorMutableData<float>();
     Work w{batch, sequence, heads, kv_heads, head, present_length, queries.data(), keys, values, row_bytes, past.data(),
-           attention, (sequence + kQueryBlock - 1) / kQueryBlock, 1, 0, nullptr, vnni};
+           attention, (sequence + kQueryBlock - 1) / kQueryBlock, 1, 0, nullptr, scores};
     // One query (decoding): split each head's keys into chunks so that both threads work on a short batch.
     // Batch rows may differ in length: a chunk past a row's length finds no keys for it.
     int max_total = 0;

@@ -39,6 +39,20 @@ inline bool UseVnni() {
          __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vnni");
 }
 
+// The kernels a CPU's features choose between, each counted when a Compute call runs it, so that a test can tell
+// which one a session took (a VNNI machine and GHOSTLS_KERNELS=avx2 must not quietly test AVX2 against itself).
+// Read through register.cc's exported GhostlsKernelName / GhostlsKernelRuns; one relaxed atomic add a call.
+enum Kernel : int {
+  kInt8MatMulVnni,
+  kInt8MatMulAvx2,
+  kInt8AttentionVnni,  // a decode step's integer scores over the int8 cache (head sizes 64 and 128)
+  kInt8AttentionAvx2,  // the same, head sizes 32, 64 and 128
+  kKernelCount,
+};
+inline constexpr const char* kKernelNames[kKernelCount] = {"Int8MatMul.avx512vnni", "Int8MatMul.avx2",
+                                                           "Int8KvAttention.avx512vnni", "Int8KvAttention.avx2"};
+void CountRun(Kernel kernel);
+
 // Runs fn(data, row) for rows 0..rows-1: inline for one row (a decode step: no hand-off to the other threads),
 // across onnxruntime's intra-op threads for more.
 inline void ForEachRow(const Ort::KernelContext& ctx, void (*fn)(void*, size_t), size_t rows, void* data) {

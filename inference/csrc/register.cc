@@ -1,5 +1,7 @@
 // The library's entry point: onnxruntime calls RegisterCustomOps when a session names this library.
 
+#include <atomic>
+#include <cstdint>
 #include <mutex>
 #include <stdexcept>
 
@@ -27,4 +29,21 @@ RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
     return Ort::GetApi().CreateStatus(ORT_FAIL, e.what());
   }
   return nullptr;
+}
+
+namespace {
+std::atomic<uint64_t> kernel_runs[ghostls::kKernelCount];
+}  // namespace
+
+void ghostls::CountRun(Kernel kernel) { kernel_runs[kernel].fetch_add(1, std::memory_order_relaxed); }
+
+// The name of kernel `index` ("Int8MatMul.avx512vnni", ...), nullptr past the last: with GhostlsKernelRuns, how
+// the tests read which kernels ran (inference/kv_attention.py `kernel_runs`).
+extern "C" __attribute__((visibility("default"))) const char* GhostlsKernelName(int index) {
+  return index >= 0 && index < ghostls::kKernelCount ? ghostls::kKernelNames[index] : nullptr;
+}
+
+// How many Compute calls in this process ran kernel `index`; 0 past the last.
+extern "C" __attribute__((visibility("default"))) uint64_t GhostlsKernelRuns(int index) {
+  return index >= 0 && index < ghostls::kKernelCount ? kernel_runs[index].load(std::memory_order_relaxed) : 0;
 }
