@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 
 from ghostls.inference.cache import ModelError
 from ghostls.inference.engine import Engine, GenerationRequest, common_prefix_length
-from ghostls.inference.provider import choose_provider
+from ghostls.inference.provider import ProviderChoice, choose_provider
 
 SOURCE = "def add(a, b):\n    return a + b\n\n\ndef multiply(a, b):\n    return a * b\n\n\ndef main():\n"
 
@@ -98,13 +102,53 @@ def test_stop_strings_and_completion_check_cut_the_text(engine):
     assert len(complete.token_ids) == 1
 
 
-def test_provider_falls_back_to_cpu_with_a_reason():
-    choice = choose_provider("auto")
-    assert choice.name in ("cpu", "cuda")
-    assert choice.reason
-    assert choose_provider("cpu").name == "cpu"
-    with pytest.raises(ValueError):
+def test_provider_choice_validates_and_honours_cpu():
+    assert choose_provider("cpu") == ProviderChoice("cpu", "CPU requested in settings")
+    with pytest.raises(ValueError, match="provider must be one of"):
         choose_provider("tpu")
+
+
+def test_cuda_asked_for_but_hidden_runs_on_the_cpu_with_a_reason(tiny_model, monkeypatch):
+    # No device visible to CUDA, on any machine: the engine asked for CUDA must still load and generate on the CPU.
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    engine = Engine(tiny_model("starcoder"), provider="cuda")
+    assert engine.provider.name == "cpu"
+    assert engine.provider.reason.startswith("CUDA requested but not usable (")
+    assert engine.provider.reason.endswith("); running on the CPU")
+    assert choose_provider("auto").reason.startswith("no working CUDA (")
+    result = engine.generate(GenerationRequest(tuple(engine.encode(SOURCE)), max_new_tokens=3))
+    assert len(result.token_ids) == 3 and result.stop_reason == "max_tokens"
+
+
+# A CUDA provider that is listed but cannot run: the device node is claimed present (the check before the session)
+# and CUDA sees no device, so only a real session can tell. Run in a fresh process: CUDA reads its environment once.
+_LISTED_BUT_BROKEN = """
+import glob, json, sys, types
+from ghostls.inference import provider
+from ghostls.inference.engine import Engine, GenerationRequest
+provider.glob = types.SimpleNamespace(glob=lambda pattern: ["/dev/nvidia0"] if "nvidia" in pattern else glob.glob(pattern))
+engine = Engine(sys.argv[1], provider="cuda")
+result = engine.generate(GenerationRequest(tuple(engine.encode("def add(a, b):\\n")), max_new_tokens=3))
+print(json.dumps({"provider": engine.provider.name, "reason": engine.provider.reason,
+                  "tokens": len(result.token_ids)}))
+"""
+
+
+def test_a_listed_cuda_provider_that_cannot_run_falls_back_to_a_working_cpu_session(tiny_model):
+    import onnxruntime
+
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        pytest.skip("this onnxruntime build lists no CUDA provider: nothing to distrust")
+    run = subprocess.run([sys.executable, "-c", _LISTED_BUT_BROKEN, str(tiny_model("starcoder"))],
+                         capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "CUDA_VISIBLE_DEVICES": "-1"})
+    assert run.returncode == 0, run.stderr[-3000:]
+    answer = json.loads(run.stdout.splitlines()[-1])
+    # The list said CUDA; the probe session said otherwise, and the engine believed the session.
+    assert answer["provider"] == "cpu", answer
+    assert answer["reason"].startswith("CUDA requested but not usable ("), answer
+    assert "no NVIDIA device" not in answer["reason"] and "CUDA_VISIBLE_DEVICES" not in answer["reason"], answer
+    assert answer["tokens"] == 3
 
 
 def test_corrupt_model_is_a_clear_model_error(tiny_model, tmp_path):
