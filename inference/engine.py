@@ -41,25 +41,6 @@ DEFAULT_KV_BUDGET = 256 * 2**20
 HEAL_TOKENS = 2
 
 
-def _fault_plan() -> dict[str, float]:
-    """Test-only faults, read once at import from $GHOSTLS_FAULT_INJECT (e.g. "raise_on_generate=1,token_delay_ms=50").
-
-    raise_on_generate=N makes the Nth generate() call raise inside the real decode path (so the cache reset and
-    the server's error handling run for real); token_delay_ms slows every decoded token, standing in for a big
-    model on a slow CPU so that cancellation and typing bursts can be timed with a tiny one. Unset: no effect.
-    """
-    plan = {}
-    for item in filter(None, os.environ.get("GHOSTLS_FAULT_INJECT", "").split(",")):
-        key, _, value = item.partition("=")
-        plan[key.strip()] = float(value or 1)
-    if plan:
-        log.warning("fault injection is on: %s", plan)
-    return plan
-
-
-_FAULTS = _fault_plan()
-
-
 @dataclass(frozen=True)
 class GenerationRequest:
     prompt_ids: tuple[int, ...]
@@ -180,7 +161,6 @@ class Engine:
         self.kv_budget_bytes = kv_budget_bytes
         self._lock = threading.Lock()
         self._caches: OrderedDict[str, _KvState] = OrderedDict()  # least recently used first
-        self._calls = 0
         self._vocabulary: Vocabulary | None = None
         self._vocabulary_lock = threading.Lock()
         log.info("model %s loaded in %.2fs on %s (%s)", self.model_dir.name, self.load_s,
@@ -234,10 +214,7 @@ class Engine:
                  is_complete: Callable[[str], bool] = lambda text: False,
                  cancelled: Callable[[], bool] = lambda: False) -> Generation:
         with self._lock:
-            self._calls += 1
             try:
-                if self._calls == _FAULTS.get("raise_on_generate"):
-                    raise RuntimeError(f"injected fault on generate call {self._calls} (GHOSTLS_FAULT_INJECT)")
                 return self._generate(request, is_complete, cancelled)
             except Exception:
                 self._caches.pop(request.cache_key, None)  # a half-fed cache must not be reused
@@ -301,8 +278,6 @@ class Engine:
             if len(kv.tokens) >= kv.max_length:
                 reason = "context_full"
                 break
-            if delay := _FAULTS.get("token_delay_ms"):
-                time.sleep(delay / 1000)
             kv.generator.generate_next_token()
             token = int(kv.generator.get_next_tokens()[0])
             kv.tokens.append(token)

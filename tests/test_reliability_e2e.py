@@ -1,22 +1,23 @@
 """Reliability end to end: the real server process on a real tiny ONNX model, driven over raw JSON-RPC so that
 cancels, edits and bursts land at chosen moments and every answer is counted.
 
-Faults come from GHOSTLS_FAULT_INJECT (inference/engine.py `_fault_plan`), read once at server start: the real
-Engine runs, and the hook either raises inside its generate() or slows each decoded token. Corrupting the ONNX
-file after load would not do: ONNX Runtime keeps the graph in memory, so the fault would never reach a request.
-A slowed token stands in for a large model on a slow CPU, so that "stopped within one token" is measurable
-with a model that otherwise decodes a token in a millisecond.
+Faults come from tests/fault_server.py, which starts `ghostls serve` with them patched into the real engine: it
+either raises inside generate() or slows each decoded token. A slowed token stands in for a large model on a slow
+CPU, so that "stopped within one token" is measurable with a model that otherwise decodes a token in a
+millisecond. ghostls itself has no fault switch (the last test holds it to that).
 """
 
 from __future__ import annotations
 
 import re
 import shutil
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
-from lsp_wire import WirePeer
+from lsp_wire import SERVER, WirePeer
 
 URI = "file:///work/reliab.py"
 SOURCE = '''import os
@@ -40,7 +41,9 @@ def _options(model_dir, **extra) -> dict:
 
 
 def _start(tmp_path, model_dir, fault: str = "", **options) -> WirePeer:
-    peer = WirePeer(tmp_path / "server.log", env={"GHOSTLS_FAULT_INJECT": fault} if fault else None)
+    """The real server; with `fault` (tests/fault_server.py's FAULTS), started through the fault harness."""
+    harness = [sys.executable, str(Path(__file__).with_name("fault_server.py")), fault, *SERVER[3:]]
+    peer = WirePeer(tmp_path / "server.log", args=harness if fault else None)
     peer.initialize(_options(model_dir, **options))
     return peer
 
@@ -298,3 +301,25 @@ def test_model_faults_are_a_clear_message_and_the_server_serves_nothing(tmp_path
         assert peer.request("ghostls/explain", None)["result"]["model"]["state"] == "error"
     finally:
         assert peer.close() == 0
+
+
+# Fault injection belongs to the harness ---------------------------------------------------------------------------
+@pytest.mark.parametrize("variable", ["raise_on_generate=1,token_delay_ms=5000", "token_delay_ms=fast,raise_on"],
+                         ids=["valid", "malformed"])
+def test_a_fault_variable_in_the_editors_environment_changes_nothing(tmp_path, tiny_model, monkeypatch, variable):
+    """`ghostls serve` reads no fault switch: GHOSTLS_FAULT_INJECT, valid or malformed, in the environment an editor
+    starts it in neither keeps it from starting nor changes a completion (faults come from fault_server.py only)."""
+    monkeypatch.delenv("GHOSTLS_FAULT_INJECT", raising=False)
+
+    def first_completion(log: str, env: dict | None) -> dict:
+        peer = WirePeer(tmp_path / log, env=env)
+        try:
+            peer.initialize(_options(tiny_model("qwen")))
+            peer.open(URI, SOURCE)
+            answer = peer.response(peer.inline_async(URI, 10, 4))
+            assert "result" in answer, answer
+            return answer["result"]
+        finally:
+            assert peer.close() == 0, peer.log()[-3000:]
+
+    assert first_completion("with.log", {"GHOSTLS_FAULT_INJECT": variable}) == first_completion("without.log", None)
