@@ -2,9 +2,9 @@
 
 Replaces pygls's read loop, which logs a malformed message and never answers it (a client then waits forever),
 and which loses the next message after a wrong Content-Length. Here every bad request gets the error JSON-RPC
-names (-32700 parse, -32600 invalid request, -32601 unknown method, -32602 invalid params) and the reader
-resynchronises on the next `Content-Length` header. Knows nothing of completions; one message must never
-stop the server.
+names (-32700 parse, -32600 invalid request, -32601 unknown method, -32602 invalid params, also for well-typed
+params pygls's document store would raise on) and the reader resynchronises on the next `Content-Length` header.
+Knows nothing of completions; one message must never stop the server.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import os
 import re
 import sys
 import threading
+from urllib.parse import unquote, urlsplit
 
 from pygls.exceptions import (JsonRpcInternalError, JsonRpcInvalidParams, JsonRpcInvalidRequest,
                               JsonRpcParseError)
@@ -111,12 +112,56 @@ def dispatch(protocol, body: bytes) -> None:
         if "id" in data and not is_response:
             _send_error(protocol, msg_id, JsonRpcInvalidParams(f"invalid params for {method}: {_brief(cause)}"))
         return
+    if (problem := _refusal(protocol, method, data.get("params"))) is not None:
+        log.warning("invalid params for %s: %s", method, problem)
+        if "id" in data and not is_response:
+            _send_error(protocol, msg_id, JsonRpcInvalidParams(f"invalid params for {method}: {problem}"))
+        return
     try:
         protocol.handle_message(message)
     except Exception as exc:  # noqa: BLE001 - pygls answers handler errors; this is anything before that
         log.exception("%s failed before its handler ran", method)
         if "id" in data and not is_response:
             _send_error(protocol, msg_id, JsonRpcInternalError(f"{method} failed: {exc}"))
+
+
+def _refusal(protocol, method: str, params) -> str | None:
+    """Why pygls's own document store would raise on this well-typed message, or None. It runs before any handler
+    of ghostls's, so its failures would reach the client as an internal error (a notification's as an "Error in
+    server" pop-up): a `uri` that is no URI, a change to a document never opened."""
+    if (problem := _unparsable_uri(params)) is not None:
+        return problem
+    if method == "textDocument/didChange":
+        uri = params["textDocument"]["uri"]  # the params were structured: the shape is right
+        try:
+            known = unquote(uri) in protocol.workspace.text_documents
+        except RuntimeError:  # no workspace before `initialize`
+            known = False
+        if not known:
+            return f"a change to {uri}, which is not open"
+    return None
+
+
+def _unparsable_uri(params, depth: int = 0) -> str | None:
+    """Says which `uri` in the params (a document's, a watched file's, a workspace folder's) is no URI at all."""
+    if depth > 8:
+        return None
+    if isinstance(params, dict):
+        uri = params.get("uri")
+        if isinstance(uri, str):
+            try:
+                urlsplit(uri)
+            except ValueError as exc:
+                return f"{uri!r} is not a URI ({exc})"
+        children = params.values()
+    elif isinstance(params, list):
+        children = params
+    else:
+        return None
+    for child in children:
+        if (problem := _unparsable_uri(child, depth + 1)) is not None:
+            return problem
+    return None
 
 
 def _brief(exc: BaseException) -> str:
