@@ -126,7 +126,8 @@ _LISTED_BUT_BROKEN = """
 import glob, json, sys, types
 from ghostls.inference import provider
 from ghostls.inference.engine import Engine, GenerationRequest
-provider.glob = types.SimpleNamespace(glob=lambda pattern: ["/dev/nvidia0"] if "nvidia" in pattern else glob.glob(pattern))
+claimed = lambda pattern: ["/dev/nvidia0"] if "nvidia" in pattern else glob.glob(pattern)
+provider.glob = types.SimpleNamespace(glob=claimed)
 engine = Engine(sys.argv[1], provider="cuda")
 result = engine.generate(GenerationRequest(tuple(engine.encode("def add(a, b):\\n")), max_new_tokens=3))
 print(json.dumps({"provider": engine.provider.name, "reason": engine.provider.reason,
