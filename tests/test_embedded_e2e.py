@@ -1,13 +1,15 @@
 """End to end on the embedded default model (SmolLM2-135M, converted for real once per cache):
-the `ghostls complete` command, and the server's cancellation paths, where generation is slow enough
-on this CPU to be interrupted for certain."""
+the `ghostls complete` command, and the server's cancellation paths, each seen to stop the generation itself (the
+server's log says how it ended) while every token is slowed enough that an uncancelled one would run for seconds."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -18,11 +20,16 @@ from pytest_lsp import ClientServerConfig, LanguageClient, client_capabilities
 
 from ghostls.inference.cache import read_manifest
 from ghostls.parsers.document import Document
+from lsp_status import next_status, record_statuses
 
 pytestmark = pytest.mark.embedded
 
 REPO = Path(__file__).resolve().parent.parent
-SERVER = [sys.executable, "-m", "ghostls.cli.main", "serve", "--stdio"]
+# The server with every decoded token TOKEN_DELAY_MS slower (tests/fault_server.py): an uncancelled generation runs
+# for many seconds, so whether a cancel stopped it shows; at debug level its log says when a generation starts and ends.
+TOKEN_DELAY_MS = 200
+SLOW_SERVER = [sys.executable, str(Path(__file__).with_name("fault_server.py")), f"token_delay_ms={TOKEN_DELAY_MS}",
+               "serve", "--stdio", "--log-level", "debug"]
 # A long real file, so that a cold prefill takes seconds on two cores.
 LONG_SOURCE = Path(json.__file__).with_name("decoder.py").read_text() * 3
 
@@ -75,14 +82,35 @@ def test_the_embedded_model_keeps_the_gguf_blocks_w8a8_does_not_take_exactly(emb
                 "MatMulIntegerToFloat"} & set(ops)
 
 
-@pytest_lsp.fixture(config=ClientServerConfig(server_command=SERVER))
+@pytest_lsp.fixture(config=ClientServerConfig(server_command=SLOW_SERVER))
 async def client(lsp_client: LanguageClient, embedded_model_dir):
+    record_statuses(lsp_client)
     options = {"model": str(embedded_model_dir), "loadWaitMs": 60_000, "debounceMs": 0,
                "maxNewTokens": 200, "maxLines": 200, "timeBudgetMs": 60_000}
     await lsp_client.initialize_session(types.InitializeParams(
         capabilities=client_capabilities("visual-studio-code"), initialization_options=options))
+    status = await next_status(lsp_client, "ready", "error", timeout=120)
+    assert status.state == "ready", status.detail
     yield
     await lsp_client.shutdown_session()
+
+
+class ServerLog:
+    """The server's stderr (pytest-lsp leaves it on the test's own, which capfd holds), read as it grows."""
+
+    def __init__(self, capfd):
+        self._capfd = capfd
+        self.text = ""
+
+    async def wait_for(self, pattern: str, timeout: float = 90) -> re.Match:
+        deadline = time.monotonic() + timeout
+        while True:
+            self.text += self._capfd.readouterr().err
+            if match := re.search(pattern, self.text):
+                return match
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no {pattern!r} in the server log within {timeout}s:\n{self.text[-3000:]}")
+            await asyncio.sleep(0.05)
 
 
 def _params(uri: str, line: int, character: int) -> types.InlineCompletionParams:
@@ -97,40 +125,61 @@ def _open_long(client: LanguageClient, uri: str) -> int:
     return LONG_SOURCE.count("\n")
 
 
-async def test_cancel_request_gives_request_cancelled_and_server_goes_on(client: LanguageClient):
+def _answer_quickly_from_now_on(client: LanguageClient) -> None:
+    """Requests after this one decode 4 tokens at most; a generation already running keeps its own settings."""
+    client.workspace_did_change_configuration(types.DidChangeConfigurationParams(
+        settings={"ghostls": {"maxNewTokens": 4}}))
+
+
+async def test_cancel_request_gives_request_cancelled_and_stops_the_generation(client: LanguageClient, capfd):
+    log = ServerLog(capfd)
     uri = "file:///work/long.py"
     last = _open_long(client, uri)
-    await client.text_document_inline_completion_async(_params(uri, 0, 0))  # model loaded, warm
     # pytest-lsp's send_request_async is a coroutine: schedule it now, so it is sent before the cancel.
     pending = asyncio.ensure_future(client.protocol.send_request_async(
         types.TEXT_DOCUMENT_INLINE_COMPLETION, _params(uri, last, 0), msg_id="slow-1"))
-    await asyncio.sleep(0.3)
+    await log.wait_for(r"generating for long\.py v1")  # on the engine: prefilling or decoding
     client.protocol.notify(types.CANCEL_REQUEST, types.CancelParams(id="slow-1"))
-    started = asyncio.get_running_loop().time()
     with pytest.raises(JsonRpcException) as error:
         await pending
     assert error.value.code == -32800
-    # The decode loop noticed within one prefill chunk: the next request is not stuck behind it.
+    # The engine stopped because of the cancel, within one token (or one prefill chunk) of it; uncancelled, this
+    # generation would run on for up to 200 tokens of TOKEN_DELAY_MS each.
+    stopped = await log.wait_for(r"cancelled completion long\.py v1: generation stopped \((.*?)\) (\d+) ms after")
+    assert stopped.group(1) == "cancelled", stopped.group(0)
+    assert int(stopped.group(2)) < TOKEN_DELAY_MS + 3000, stopped.group(0)
+    # The engine is free: the next request runs the model and is answered.
+    _answer_quickly_from_now_on(client)
     answer = await client.text_document_inline_completion_async(_params(uri, 1, 0))
-    assert isinstance(answer, types.InlineCompletionList)
-    assert asyncio.get_running_loop().time() - started < 30
+    explained = await client.protocol.send_request_async("ghostls/explain", None)
+    assert explained.last.prompt_tokens > 0 and "(model stopped: " in explained.last.reason, explained.last
+    assert len(answer.items) == explained.last.candidates
 
 
-async def test_newer_request_supersedes_older_one(client: LanguageClient):
+async def test_newer_request_supersedes_older_one(client: LanguageClient, capfd):
+    log = ServerLog(capfd)
     uri = "file:///work/supersede.py"
     last = _open_long(client, uri)
     older = asyncio.ensure_future(client.text_document_inline_completion_async(_params(uri, last, 0)))
-    await asyncio.sleep(0.3)
+    await log.wait_for(r"generating for supersede\.py v1")
+    _answer_quickly_from_now_on(client)
     newer = await client.text_document_inline_completion_async(_params(uri, last // 2, 0))
-    assert isinstance(newer, types.InlineCompletionList)
-    assert not (await older).items
+    explained = await client.protocol.send_request_async("ghostls/explain", None)
+    assert "(model stopped: " in explained.last.reason, explained.last  # the newer one ran to its own end
+    assert len(newer.items) == explained.last.candidates
+    # The older one gave way: its generation stopped as cancelled (the first of the two to end), and it answers
+    # with nothing rather than text for a position the user has left.
+    ended = await log.wait_for(r"generated for supersede\.py v1: (.*)")
+    assert ended.group(1) == "cancelled", ended.group(0)
+    assert len((await older).items) == 0
 
 
-async def test_change_during_generation_is_content_modified(client: LanguageClient):
+async def test_change_during_generation_is_content_modified(client: LanguageClient, capfd):
+    log = ServerLog(capfd)
     uri = "file:///work/changing.py"
     last = _open_long(client, uri)
     pending = asyncio.ensure_future(client.text_document_inline_completion_async(_params(uri, last, 0)))
-    await asyncio.sleep(0.3)
+    await log.wait_for(r"generating for changing\.py v1")
     client.text_document_did_change(types.DidChangeTextDocumentParams(
         text_document=types.VersionedTextDocumentIdentifier(uri=uri, version=2),
         content_changes=[types.TextDocumentContentChangePartial(
@@ -138,3 +187,6 @@ async def test_change_during_generation_is_content_modified(client: LanguageClie
     with pytest.raises(JsonRpcException) as error:
         await pending
     assert error.value.code == -32801
+    # The edit stopped the generation at once rather than letting it run to its end for a stale answer.
+    ended = await log.wait_for(r"generated for changing\.py v1: (.*)")
+    assert ended.group(1) == "cancelled", ended.group(0)
