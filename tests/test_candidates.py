@@ -26,8 +26,8 @@ def test_first_choices_rank_the_greedy_token_first(engine):
     assert len(greedy.first_choices) == 4
     assert len(set(greedy.first_choices)) == 4
     assert not set(greedy.first_choices) & engine.eos_ids
-    if greedy.token_ids:  # the model did not stop at once: its first token is the top choice
-        assert greedy.first_choices[0] == greedy.token_ids[0]
+    assert greedy.token_ids  # the tiny model writes on here: its first token must be the top choice
+    assert greedy.first_choices[0] == greedy.token_ids[0]
 
 
 def test_a_forced_first_token_reuses_the_prompt_cache(engine):
@@ -63,21 +63,25 @@ async def _inline(client, uri, kind):
         text_document=types.TextDocumentIdentifier(uri), position=types.Position(9, 4)))
 
 
-async def test_invoked_offers_up_to_three_distinct_candidates_automatic_one(client: LanguageClient):
-    uri = "file:///work/cands.py"
-    client.text_document_did_open(types.DidOpenTextDocumentParams(
-        types.TextDocumentItem(uri=uri, language_id="python", version=1, text=SOURCE)))
-    invoked = await _inline(client, uri, types.InlineCompletionTriggerKind.Invoked)
+async def test_invoked_offers_three_distinct_candidates_automatic_one(client: LanguageClient):
+    for uri in ("file:///work/cands.py", "file:///work/cands-auto.py"):
+        client.text_document_did_open(types.DidOpenTextDocumentParams(
+            types.TextDocumentItem(uri=uri, language_id="python", version=1, text=SOURCE)))
+    invoked = await _inline(client, "file:///work/cands.py", types.InlineCompletionTriggerKind.Invoked)
     explained = await client.protocol.send_request_async("ghostls/explain", None)
     texts = [item.insert_text for item in invoked.items]
-    assert len(texts) == len(set(texts)) <= 3
+    # The tiny model's next likely first tokens each continue into distinct text: the client can cycle three.
+    assert len(texts) == len(set(texts)) == 3, texts
     assert all(texts)
-    assert explained.last.candidates == len(texts)
-    assert explained.last.timings_ms.alternatives >= 0  # the branching stage ran and was timed
-    automatic = await _inline(client, uri, types.InlineCompletionTriggerKind.Automatic)
-    assert len(automatic.items) <= 1
+    assert explained.last.candidates == 3
+    assert explained.last.timings_ms.alternatives > 0  # the branches were decoded, and timed
+    # The same text in another document, automatically: the model runs again (nothing typed through) and offers
+    # one candidate, the invoked request's first.
+    automatic = await _inline(client, "file:///work/cands-auto.py", types.InlineCompletionTriggerKind.Automatic)
     explained = await client.protocol.send_request_async("ghostls/explain", None)
-    assert not hasattr(explained.last.timings_ms, "alternatives")
+    assert explained.last.prompt_tokens > 0, explained.last.reason
+    assert [item.insert_text for item in automatic.items] == texts[:1]
+    assert explained.last.candidates == 1
 
 
 async def test_an_automatic_answer_the_guard_rejects_gives_way_to_the_next_likely_start(client: LanguageClient):
@@ -95,7 +99,7 @@ async def test_an_automatic_answer_the_guard_rejects_gives_way_to_the_next_likel
         last = (await client.protocol.send_request_async("ghostls/explain", None)).last
         if "rejected: it adds syntax errors" in last.reason:
             rejected += 1
-            assert last.timings_ms.alternatives >= 0  # it branched
+            assert last.timings_ms.alternatives > 0  # it branched: at least one alternative decoded
             replaced += bool(answer.items)
             assert bool(answer.items) == ("the next most likely start instead" in last.reason)
         else:
