@@ -22,7 +22,7 @@ import tree_sitter
 
 from .document import DocumentSnapshot
 from .ignore import IgnoreRules, uri_to_path
-from .languages import PLAINTEXT, LanguageRules, _language, parser_for, rules_for
+from .languages import PLAINTEXT, LanguageRules, parser_for, rules_for, tree_sitter_language
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def _tag_query(language_name: str, grammar: str) -> tree_sitter.Query | None:
         source = resources.files(__package__).joinpath("tags", f"{language_name}.scm").read_text(encoding="utf-8")
     except (FileNotFoundError, OSError):
         return None
-    language = _language(grammar)
+    language = tree_sitter_language(grammar)
     if language is None:
         return None
     try:

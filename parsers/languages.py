@@ -95,7 +95,8 @@ def rules_for(language_id: str | None, uri: str | None = None) -> LanguageRules:
 
 
 @functools.cache
-def _language(grammar: str) -> tree_sitter.Language | None:
+def tree_sitter_language(grammar: str) -> tree_sitter.Language | None:
+    """The tree-sitter Language of a grammar spec ("module" or "module:function"), or None if it cannot load."""
     # Cached per grammar (including failures) so a broken grammar package warns once, not per keystroke.
     module_name, _, function_name = grammar.partition(":")
     try:
@@ -110,5 +111,5 @@ def parser_for(rules: LanguageRules) -> tree_sitter.Parser | None:
     """A new Parser for the language (parsers are not thread-safe, so each Document owns one)."""
     if rules.grammar is None:
         return None
-    language = _language(rules.grammar)
+    language = tree_sitter_language(rules.grammar)
     return tree_sitter.Parser(language) if language is not None else None
