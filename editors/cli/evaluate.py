@@ -1,4 +1,4 @@
-"""`ghostls eval`: cut holes in a repository, ask the real server over LSP, and score what comes back.
+"""`ghostls eval`: cut holes in repositories, ask the real server over LSP, and score what comes back.
 
 Hole kinds: the rest of a line (from a random column), a whole line (after its indentation) and a function body
 (found with tree-sitter). Scores: exact match, edit similarity, first-line match, syntax-breaking rate (the merged
@@ -71,6 +71,7 @@ def source_files(root: Path) -> list[Path]:
 
 
 def cut_line_hole(path: Path, text: str, rng: random.Random, whole: bool) -> Hole | None:
+    """A random line's rest from a random column (`whole`: from its indentation)."""
     lines = text.split("\n")
     candidates = [i for i, line in enumerate(lines) if len(line.strip()) > 8 and i > 3]
     if not candidates:
@@ -78,23 +79,58 @@ def cut_line_hole(path: Path, text: str, rng: random.Random, whole: bool) -> Hol
     index = rng.choice(candidates)
     line = lines[index]
     indent = len(line) - len(line.lstrip())
-    column = indent if whole else rng.randint(indent + 1, len(line.rstrip()) - 1)
-    expected = line[column:].rstrip()
-    lines[index] = line[:column]
-    return Hole(path, "whole_line" if whole else "rest_of_line", "\n".join(lines), index, column, expected)
+    return line_hole_at(path, text, index, indent if whole else rng.randint(indent + 1, len(line.rstrip()) - 1))
+
+
+def line_hole_at(path: Path, text: str, line: int, column: int) -> Hole:
+    """Line `line` (0-based) cut from `column` to its end; a whole-line hole when `column` is its indentation."""
+    lines = text.split("\n")
+    content = lines[line]
+    indent = len(content) - len(content.lstrip())
+    lines[line] = content[:column]
+    kind = "whole_line" if column == indent else "rest_of_line"
+    return Hole(path, kind, "\n".join(lines), line, column, content[column:].rstrip())
 
 
 def cut_body_hole(path: Path, text: str, rng: random.Random) -> Hole | None:
-    """A small function's body, cut out whole; the cursor sits on an indented empty line under its signature."""
+    """A random small function's body, cut out whole (see body_hole_at)."""
+    starts = _small_function_starts(path, text)
+    return body_hole_at(path, text, rng.choice(starts)) if starts else None
+
+
+def body_hole_at(path: Path, text: str, signature_line: int) -> Hole | None:
+    """The body of the small function whose signature ends on `signature_line` (0-based), cut out whole; the
+    cursor sits on an indented empty line under the signature. None where no such function starts there."""
     from ghostls.parsers.document import Document
+
+    found = _small_functions(Document(path.as_uri(), None, 1, text))
+    if signature_line not in found:
+        return None
+    lines = text.split("\n")
+    first, size = signature_line, found[signature_line]
+    body = lines[first + 1 : first + 1 + size]
+    indent = body[0][: len(body[0]) - len(body[0].lstrip())]
+    expected = "\n".join(line.rstrip() for line in body)[len(indent) :]
+    holed = lines[: first + 1] + [indent] + lines[first + 1 + size :]
+    return Hole(path, "function_body", "\n".join(holed), first + 1, len(indent), expected.rstrip())
+
+
+def _small_function_starts(path: Path, text: str) -> list[int]:
+    from ghostls.parsers.document import Document
+
+    return sorted(_small_functions(Document(path.as_uri(), None, 1, text)))
+
+
+def _small_functions(document) -> dict[int, int]:
+    """Signature line -> body line count, for each function of 2 to MAX_BODY_LINES lines whose signature line
+    opens its block; the body excludes a closing line ("}", "end") in languages that have one."""
     from ghostls.parsers.postprocess import _ends_with_opener
 
-    document = Document(path.as_uri(), None, 1, text)
     if document.tree is None:
-        return None
+        return {}
     rules = document.language
-    lines = text.split("\n")
-    found = []
+    lines = document.text.split("\n")
+    found: dict[int, int] = {}
     stack = [document.tree.root_node]
     while stack:
         node = stack.pop()
@@ -107,17 +143,9 @@ def cut_body_hole(path: Path, text: str, rng: random.Random) -> Hole | None:
         body = lines[first + 1 : last + 1]
         if not rules.indent_blocks:
             body = body[:-1]  # the closing line ("}", "end") stays
-        if not body or not body[0].strip():
-            continue
-        found.append((first, len(body)))
-    if not found:
-        return None
-    first, size = rng.choice(sorted(found))
-    body = lines[first + 1 : first + 1 + size]
-    indent = body[0][: len(body[0]) - len(body[0].lstrip())]
-    expected = "\n".join(line.rstrip() for line in body)[len(indent) :]
-    holed = lines[: first + 1] + [indent] + lines[first + 1 + size :]
-    return Hole(path, "function_body", "\n".join(holed), first + 1, len(indent), expected.rstrip())
+        if body and body[0].strip():
+            found[first] = len(body)
+    return found
 
 
 def make_holes(root: Path, limit: int, seed: int) -> list[Hole]:
@@ -167,9 +195,12 @@ def syntax_breaks(hole: Hole, completion: str) -> bool:
 
 
 def score(hole: Hole, completion: str, latency_s: float, error: str | None = None, reason: str = "") -> dict:
+    from ghostls.parsers.languages import rules_for
+
     got, want = _normalize(completion), _normalize(hole.expected)
     return {
-        "kind": hole.kind, "file": str(hole.path), "line": hole.line + 1, "latency_s": latency_s, "error": error,
+        "kind": hole.kind, "language": rules_for(None, hole.path.as_uri()).name, "file": str(hole.path),
+        "line": hole.line + 1, "latency_s": latency_s, "error": error,
         "reason": reason,  # the server's own account of the answer (ghostls/explain), for reading the report
         "empty": not got, "exact": got == want,
         "first_line": got.split("\n", 1)[0].strip() == want.split("\n", 1)[0].strip(),
@@ -195,8 +226,20 @@ def summarize(rows: list[dict]) -> dict:
         "empty": round(sum(r["empty"] for r in rows) / len(rows), 3),
         "errors": sum(1 for r in rows if r["error"]),
         "latency_p50_s": round(statistics.median(latencies), 2),
-        "latency_p95_s": round(latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))], 2),
+        "latency_p90_s": _percentile(latencies, 0.90),
+        "latency_p95_s": _percentile(latencies, 0.95),
     }
+
+
+def _percentile(ordered: list[float], q: float) -> float:
+    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 2)
+
+
+def group(rows: dict[str, list[dict]], key: str) -> dict[str, dict[str, dict]]:
+    """Summaries per value of `key` ("language" or "kind"), each with every configuration's summary."""
+    values = sorted({row[key] for per in rows.values() for row in per})
+    return {value: {name: summarize([r for r in per if r[key] == value]) for name, per in rows.items()}
+            for value in values}
 
 
 # -- the naive peer ------------------------------------------------------------------------------------------
@@ -225,9 +268,11 @@ class NaivePeer:
 # -- the run -------------------------------------------------------------------------------------------------
 
 
-async def _evaluate(root: Path, holes: list[Hole], configs: dict[str, dict], model: str | None,
-                    naive: NaivePeer | None, progress, time_budget_ms: int,
-                    prompt_tokens: int | None, settings: dict | None = None) -> dict[str, list[dict]]:
+async def evaluate_holes(root: Path, holes: list[Hole], configs: dict[str, dict], model: str | None,
+                         naive: NaivePeer | None, progress, time_budget_ms: int,
+                         prompt_tokens: int | None, settings: dict | None = None) -> dict[str, list[dict]]:
+    """Scored rows per configuration (and the naive peer's), from a real `ghostls serve` whose workspace is
+    `root`; `progress(done, total, rows)` after each request."""
     from lsprotocol import types
 
     from ghostls.bench.lsp import start_server
@@ -289,48 +334,74 @@ async def _evaluate(root: Path, holes: list[Hole], configs: dict[str, dict], mod
     return rows
 
 
-def report(summaries: dict[str, dict], by_kind: dict[str, dict[str, dict]]) -> str:
-    """The figures as Markdown tables: overall (with the naive peer and the ablation), then per hole kind."""
+def report(summaries: dict[str, dict], by_language: dict[str, dict[str, dict]],
+           by_kind: dict[str, dict[str, dict]], by_language_kind: dict[str, dict[str, dict]]) -> str:
+    """The figures as Markdown tables: overall (with the naive peer and the ablation), then ghostls against the
+    peer per language and per hole kind, then latency per language and kind."""
     keys = ("holes", "exact_match", "edit_similarity", "first_line_match", "syntax_breaking",
-            "syntax_breaking_blocks", "empty", "errors", "latency_p50_s", "latency_p95_s")
+            "syntax_breaking_blocks", "empty", "errors", "latency_p50_s", "latency_p90_s")
     out = ["| configuration | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
     for name, summary in summaries.items():
         out.append(f"| {name} | " + " | ".join(str(summary.get(k, "")) for k in keys) + " |")
-    for kind, per in by_kind.items():
-        out += ["", f"**{kind}**", "", "| configuration | exact_match | edit_similarity | first_line_match | "
-                "syntax_breaking | empty |", "|---|---|---|---|---|---|"]
+    for title, groups in (("language", by_language), ("hole kind", by_kind)):
+        out += ["", f"| {title} | configuration | holes | exact_match | edit_similarity | ratio to the peer | "
+                "empty | syntax_breaking | syntax_breaking_blocks |", "|---" * 9 + "|"]
+        for value, per in groups.items():
+            peer = per.get(NAIVE, {}).get("edit_similarity")
+            for name, summary in per.items():
+                ratio = (f"{summary['edit_similarity'] / peer:.2f}x" if peer and name != NAIVE and summary
+                         else "")
+                out.append(f"| {value} | {name} | {summary.get('holes')} | {summary.get('exact_match')} | "
+                           f"{summary.get('edit_similarity')} | {ratio} | {summary.get('empty')} | "
+                           f"{summary.get('syntax_breaking')} | {summary.get('syntax_breaking_blocks')} |")
+    out += ["", "| language / kind | configuration | holes | latency_p50_s | latency_p90_s |", "|---|---|---|---|---|"]
+    for value, per in by_language_kind.items():
         for name, summary in per.items():
-            out.append(f"| {name} | {summary.get('exact_match')} | {summary.get('edit_similarity')} | "
-                       f"{summary.get('first_line_match')} | {summary.get('syntax_breaking')} | {summary.get('empty')} |")
+            out.append(f"| {value} | {name} | {summary.get('holes')} | {summary.get('latency_p50_s')} | "
+                       f"{summary.get('latency_p90_s')} |")
     return "\n".join(out)
 
 
 def run(args) -> int:
-    root = Path(args.repository).resolve()
-    if not root.is_dir():
-        print(f"ghostls eval: {root} is not a folder", file=sys.stderr)
-        return 2
-    holes = make_holes(root, args.limit, args.seed)
+    roots = [Path(repository).resolve() for repository in args.repository]
+    for root in roots:
+        if not root.is_dir():
+            print(f"ghostls eval: {root} is not a folder", file=sys.stderr)
+            return 2
+    # Each repository keeps its own random stream, so adding one to a run leaves the others' holes as they were.
+    holes = {root: make_holes(root, args.limit, args.seed) for root in roots}
     configs = dict(CONFIGS) if args.ablation else {FULL: CONFIGS[FULL]}
     naive = None
     if not args.no_naive:
         naive = NaivePeer(_model_dir(args.model), budget=args.max_prompt_tokens or 1024,
                           time_budget_s=args.time_budget_ms / 1000)
+    rows: dict[str, list[dict]] = {name: [] for name in (*configs, *([NAIVE] if naive else []))}
+    done_before = 0
+    total = sum(len(h) for h in holes.values()) * len(configs)
 
-    def progress(done: int, total: int, rows: dict) -> None:
-        print(f"\r{done}/{total} requests", end="", file=sys.stderr, flush=True)
+    def progress(done: int, _total: int, current: dict) -> None:
+        print(f"\r{done_before + done}/{total} requests", end="", file=sys.stderr, flush=True)
         if args.json:  # as it goes, so a long run that is stopped still leaves its figures
-            Path(args.json).write_text(json.dumps({"rows": rows}, indent=1))
+            partial = {name: rows[name] + current.get(name, []) for name in rows}
+            Path(args.json).write_text(json.dumps({"rows": partial}, indent=1))
 
-    rows = asyncio.run(_evaluate(root, holes, configs, args.model, naive, progress, args.time_budget_ms,
-                                 args.max_prompt_tokens, args.settings))
+    # One server per repository (its workspace is that repository), each followed by the peer's pass.
+    for root, repo_holes in holes.items():
+        found = asyncio.run(evaluate_holes(root, repo_holes, configs, args.model, naive, progress,
+                                           args.time_budget_ms, args.max_prompt_tokens, args.settings))
+        for name, per in found.items():
+            rows[name] += [{"repository": root.name, **row} for row in per]
+        done_before += len(repo_holes) * len(configs)
     print(file=sys.stderr)
     summaries = {name: summarize(r) for name, r in rows.items()}
-    by_kind = {kind: {name: summarize([x for x in r if x["kind"] == kind]) for name, r in rows.items()}
-               for kind in KINDS}
+    by_language, by_kind = group(rows, "language"), group(rows, "kind")
+    by_language_kind = group({name: [{**r, "pair": f"{r['language']} / {r['kind']}"} for r in per]
+                              for name, per in rows.items()}, "pair")
     if args.json:
-        Path(args.json).write_text(json.dumps({"summaries": summaries, "by_kind": by_kind, "rows": rows}, indent=1))
-    print(report(summaries, by_kind))
+        Path(args.json).write_text(json.dumps({"summaries": summaries, "by_language": by_language,
+                                               "by_kind": by_kind, "by_language_kind": by_language_kind,
+                                               "rows": rows}, indent=1))
+    print(report(summaries, by_language, by_kind, by_language_kind))
     if naive is not None and summaries[NAIVE]["edit_similarity"]:
         ratio = summaries[FULL]["edit_similarity"] / summaries[NAIVE]["edit_similarity"]
         print(f"\nedit similarity vs the naive peer: {ratio:.2f}x")

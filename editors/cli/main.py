@@ -71,9 +71,10 @@ def _parser() -> argparse.ArgumentParser:
     completions = sub.add_parser("completions", help="print a shell completion script (bash, zsh or fish)")
     completions.add_argument("shell", choices=["bash", "zsh", "fish"])
     completions.set_defaults(func=_completions)
-    evaluate = sub.add_parser("eval", help="cut holes in a repository and score the server's completions")
-    evaluate.add_argument("repository", help="folder of the repository to evaluate on (read, never written)")
-    evaluate.add_argument("--limit", type=int, default=40, help="number of holes (default 40)")
+    evaluate = sub.add_parser("eval", help="cut holes in repositories and score the server's completions")
+    evaluate.add_argument("repository", nargs="+",
+                          help="folders of the repositories to evaluate on (read, never written)")
+    evaluate.add_argument("--limit", type=int, default=40, help="number of holes per repository (default 40)")
     evaluate.add_argument("--seed", type=int, default=1)
     evaluate.add_argument("--model", help="model folder, Hugging Face checkpoint or .gguf (default: embedded)")
     evaluate.add_argument("--ablation", action="store_true",
