@@ -143,11 +143,11 @@ async def test_cancel_request_gives_request_cancelled_and_stops_the_generation(c
     with pytest.raises(JsonRpcException) as error:
         await pending
     assert error.value.code == -32800
-    # The engine stopped because of the cancel, within one token (or one prefill chunk) of it; uncancelled, this
-    # generation would run on for up to 200 tokens of TOKEN_DELAY_MS each.
+    # The engine stopped because of the cancel, within one token or one prefill chunk of it (a chunk takes seconds
+    # on a loaded CI machine); uncancelled, this generation would run on for up to 200 tokens of TOKEN_DELAY_MS each.
     stopped = await log.wait_for(r"cancelled completion long\.py v1: generation stopped \((.*?)\) (\d+) ms after")
     assert stopped.group(1) == "cancelled", stopped.group(0)
-    assert int(stopped.group(2)) < TOKEN_DELAY_MS + 3000, stopped.group(0)
+    assert int(stopped.group(2)) < 10_000, stopped.group(0)
     # The engine is free: the next request runs the model and is answered.
     _answer_quickly_from_now_on(client)
     answer = await client.text_document_inline_completion_async(_params(uri, 1, 0))
