@@ -24,7 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ghostls.bench.ab_models import load_model
+# bench/ab_models.py: the scripts here run by path, so their folder is first on sys.path.
+from ab_models import load_model
 
 # Two sets of six modules, so that a choice made on one can be checked on the other.
 PROMPT_SETS = {

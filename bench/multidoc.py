@@ -24,7 +24,7 @@ from pathlib import Path
 from lsprotocol import types
 from pygls.lsp.client import LanguageClient
 
-from ghostls.bench.lsp import start_server
+from ghostls.cli.lsp_client import start_server
 
 MODULES = ("inspect", "argparse", "typing", "pathlib", "subprocess", "tarfile", "tokenize", "textwrap")
 

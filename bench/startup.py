@@ -14,7 +14,7 @@ import time
 
 from lsprotocol import types
 
-from ghostls.bench.lsp import start_server
+from ghostls.cli.lsp_client import start_server
 
 SOURCE = "import os\n\n\ndef list_python_files(folder):\n    "
 

@@ -9,7 +9,7 @@ import sys
 import pytest
 from tokenizers import Tokenizer
 
-from ghostls.bench.engines import agreement, load_prompts
+from ghostls.cli.bench import agreement, load_prompts
 
 pytestmark = pytest.mark.embedded
 
@@ -119,7 +119,7 @@ def test_node_profile_profiles_a_prefill_chunk(tiny_model):
 
 
 def test_ab_models_pairs_the_runs_of_two_models(tiny_model):
-    """bench/ab_models.py, the ABBA timing behind session 6's graph edits: a model against itself decodes the
+    """bench/ab_models.py, the ABBA timing behind the converter's graph edits: a model against itself decodes the
     same greedy tokens, and every run is counted once."""
     import pathlib
 

@@ -30,6 +30,30 @@ def run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     return subprocess.run([*GHOSTLS, *args], capture_output=True, text=True, timeout=timeout)
 
 
+def test_bench_is_part_of_the_cli_and_the_experiments_are_not_installed():
+    """`ghostls bench` is ghostls.cli.bench; the scripts in bench/ run by path and are no module of the package."""
+    import importlib.util
+
+    assert importlib.util.find_spec("ghostls.bench") is None
+    result = run("bench", "--help")
+    assert result.returncode == 0 and "--engines" in result.stdout, result.stderr
+
+
+def test_no_code_outside_the_tests_changes_sys_path():
+    """The tests' helpers stay theirs: neither the package nor a bench script imports them through sys.path."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    changes = re.compile(r"sys\.path\s*(\.\s*(insert|append|extend)\b|\+=|\[|=[^=])")
+    offenders = [f"{path.relative_to(root)}:{number}"
+                 for folder in ("server", "parsers", "inference", "editors", "bench")
+                 for path in sorted((root / folder).rglob("*.py")) if "node_modules" not in path.parts
+                 for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+                 if changes.search(line)]
+    assert offenders == []
+
+
 def test_complete_rejects_a_malformed_target():
     result = run("complete", "just-a-file.py")
     assert result.returncode == 2

@@ -113,7 +113,7 @@ def _parser() -> argparse.ArgumentParser:
     info.set_defaults(func=_model_info)
 
     bench = sub.add_parser("bench", help="measure ghostls's engine beside llama.cpp and transformers")
-    from ghostls.bench import engines as bench_engines
+    from ghostls.cli import bench as bench_engines
 
     bench_engines.add_arguments(bench)
     bench.set_defaults(func=bench_engines.run_from_args)

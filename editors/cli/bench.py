@@ -281,7 +281,7 @@ class EngineProcess:
 
 
 def start_engine(name: str, threads: int, model_dir: str | None) -> EngineProcess | str:
-    cmd = [sys.executable, "-m", "ghostls.bench.engines", "--worker", name, "--threads", str(threads)]
+    cmd = [sys.executable, "-m", "ghostls.cli.bench", "--worker", name, "--threads", str(threads)]
     if model_dir:
         cmd += ["--model", model_dir]
     # Each engine gets the same thread count; OpenMP/BLAS pools are pinned to it too.
@@ -353,9 +353,9 @@ def run_bench(args) -> dict:
 
     runs: dict[str, list[dict]] = {name: [] for name in engines}
     # Interleaved: every prompt goes through every engine before the next prompt, and the engine that goes
-    # first turns from prompt to prompt: in session 6's A/B runs of two models in one process, whichever ran
-    # second decoded 10-12% quicker in both orders of one pair of runs; a fixed order would hand such an effect
-    # to one engine.
+    # first turns from prompt to prompt: in A/B runs of two models in one process (docs/benchmarks.md),
+    # whichever ran second decoded 10-12% quicker in both orders of one pair of runs; a fixed order would hand
+    # such an effect to one engine.
     turn = 0
     for repeat in range(args.repeats):
         for size in sizes:
@@ -433,7 +433,7 @@ def run_bench(args) -> dict:
 
 
 def ratios(report: dict, sizes: list[int]) -> dict:
-    """ghostls against each peer, in the terms of the targets (issue 3)."""
+    """ghostls against each peer (ghostls / peer), and a warm keystroke's first token against a cold one's."""
     engines = report["engines"]
     mine = engines.get("ghostls")
     if not mine:

@@ -1,4 +1,5 @@
-"""A real LSP client for the benchmark scripts and `ghostls eval`: starts `ghostls serve --stdio` and tells when its model is ready."""
+"""A real LSP client for `ghostls eval` and the scripts in bench/: starts `ghostls serve --stdio` and tells when
+its model is ready. It drives the server only over the wire, as an editor does."""
 
 from __future__ import annotations
 
