@@ -14,9 +14,13 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
+
+from ghostls.server import config
+from ghostls.server.config import Settings, parse_settings
 
 REPO = Path(__file__).resolve().parents[1]
 VSCODE = REPO / "editors" / "vscode"
@@ -90,9 +94,9 @@ def test_ghost_text_appears_and_tab_accepts_it(vscode_tooling, embedded_model_di
     assert initialize["method"] == "initialize"
     assert params["clientInfo"]["name"] == "code-server"
     assert "inlineCompletion" in params["capabilities"]["textDocument"]
-    assert params["initializationOptions"] == {"enable": True, "disabledLanguages": [], "model": None,
-                                               "provider": "auto", "debounceMs": 20, "maxLines": 12,
-                                               "logLevel": "debug"}
+    # Every server setting, under the server's own name, each the server's default but the log level.
+    assert set(params["initializationOptions"]) == {config._CAMEL[f.name] for f in fields(Settings)}
+    assert parse_settings(params["initializationOptions"]) == (Settings(log_level="debug"), [])
     # The committed fixture is this same client: re-record it (copy `captured`) when VS Code or
     # vscode-languageclient changes what it sends.
     recorded = json.loads(FIXTURE.read_text())
@@ -102,12 +106,13 @@ def test_ghost_text_appears_and_tab_accepts_it(vscode_tooling, embedded_model_di
 
 @pytest.mark.embedded
 def test_restricted_mode_ignores_workspace_server_model_and_backend(vscode_tooling, embedded_model_dir):
-    """An untrusted folder whose .vscode/settings.json names its own server script, a model and a
-    backend: the extension starts the user's ghostls with the user's model and backend, never the
-    folder's script, and still takes the folder's harmless settings (maxLines)."""
+    """An untrusted folder whose .vscode/settings.json names its own server script, a model, a provider and
+    remote backends: the extension starts the user's ghostls with the user's model, provider and backend, never
+    the folder's script, and still takes the folder's harmless settings (maxLines). The user's settings use the
+    earlier spellings (`ghostls.backend: "cpu"`, `ghostls.languages`), which still arrive under today's names."""
     report = _run_vscode(embedded_model_dir, "--restricted")
     assert report["restricted_mode_shown"] is True
     assert report["workspace_command_ran"] is False
-    options = report["initialization_options"]
-    assert options["model"] is None and options["provider"] == "auto", options
-    assert options["maxLines"] == 3, options
+    settings, warnings = parse_settings(report["initialization_options"])
+    assert warnings == []
+    assert settings == Settings(provider="cpu", disabled_languages=("markdown",), max_lines=3, log_level="debug")

@@ -143,6 +143,9 @@ async function main() {
     "window.restoreWindows": "none",
     "ghostls.logLevel": "debug",
     ...(opt.model ? { "ghostls.model": path.resolve(opt.model) } : {}),
+    // The restricted run's user also has the earlier spellings, which must reach the server as provider and
+    // disabledLanguages.
+    ...(opt.restricted ? { "ghostls.backend": "cpu", "ghostls.languages": { markdown: false } } : {}),
   };
   fs.mkdirSync(path.join(dirs.userdata, "User"), { recursive: true });
   const settingsFile = path.join(dirs.userdata, "User", "settings.json");
@@ -154,7 +157,9 @@ async function main() {
     fs.mkdirSync(path.join(dirs.work, ".vscode"));
     fs.writeFileSync(path.join(dirs.work, ".vscode", "settings.json"), JSON.stringify({
       "ghostls.server.command": hijack, "ghostls.server.args": ["--evil"], "ghostls.model": "/nonexistent/model",
-      "ghostls.backend": "cuda", "ghostls.maxLines": 3,
+      "ghostls.provider": "cuda", "ghostls.maxLines": 3,
+      "ghostls.backend": { kind: "remote", url: "http://127.0.0.1:9/v1" },
+      "ghostls.languageBackends": { python: { kind: "remote", url: "http://127.0.0.1:9/v1" } },
     }, null, 2));
   }
   const source = path.join(dirs.work, "fib.py");

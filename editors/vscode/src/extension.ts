@@ -18,7 +18,7 @@ import {
 
 import { explainText } from "./explain";
 import { resolveServerCommand } from "./serverCommand";
-import { RESTART_KEYS, enabledFor, serverOptions } from "./settings";
+import { RESTART_KEYS, enabledFor, legacyWarnings, serverOptions } from "./settings";
 import { INITIAL_STATUS, ServerStatus, onProgress, onStatusNotification, statusItem } from "./status";
 
 const SECTION = "ghostls";
@@ -51,6 +51,7 @@ export async function activate(context: vscode.ExtensionContext): Promise<void> 
     vscode.workspace.onDidGrantWorkspaceTrust(restart),
   );
   render();
+  warnLegacySettings();
   await start();
 }
 
@@ -176,6 +177,7 @@ async function onConfigurationChanged(event: vscode.ConfigurationChangeEvent): P
     return;
   }
   render();
+  warnLegacySettings();
   if (client?.isRunning()) {
     await client.sendNotification(DidChangeConfigurationNotification.type, { settings: serverOptions(read) });
   }
@@ -187,12 +189,32 @@ async function toggle(): Promise<void> {
   const options = serverOptions(read);
   // Off only for this language: turn this language back on, rather than everything off.
   if (options.enable && language && !enabledFor(options, language)) {
-    const languages = { ...(config.get<Record<string, boolean>>("languages") ?? {}) };
-    delete languages[language];
-    await config.update("languages", languages, targetOf(config, "languages"));
+    const disabled = config.get<string[]>("disabledLanguages") ?? [];
+    if (disabled.includes(language)) {
+      await config.update("disabledLanguages", disabled.filter((id) => id !== language),
+        targetOf(config, "disabledLanguages"));
+    }
+    const legacy = config.get<Record<string, boolean> | null>("languages");
+    if (legacy && language in legacy) {
+      const languages = { ...legacy };
+      delete languages[language];
+      await config.update("languages", languages, targetOf(config, "languages"));
+    }
     return;
   }
   await config.update("enable", !options.enable, targetOf(config, "enable"));
+}
+
+/** Settings under an earlier name or meaning still work; say so once a session, with the current name. */
+const warnedLegacy = new Set<string>();
+function warnLegacySettings(): void {
+  for (const warning of legacyWarnings(read)) {
+    if (!warnedLegacy.has(warning)) {
+      warnedLegacy.add(warning);
+      log.warn(warning);
+      void vscode.window.showWarningMessage(`ghostls: ${warning}`);
+    }
+  }
 }
 
 /** Where a setting is set, so that changing it is not silently overruled by a workspace value. */

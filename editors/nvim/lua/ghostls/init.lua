@@ -78,6 +78,12 @@ function M.setup(opts)
   vim.api.nvim_set_hl(0, 'GhostlsSuggestion', { link = 'Comment', default = true })
 
   local settings = vim.deepcopy(M.config.settings)
+  local unknown = config_mod.unknown_settings(settings)
+  if #unknown > 0 then
+    -- The server would ignore them too; saying so here names the place to fix.
+    vim.notify(('ghostls: unknown server settings %s in setup({ settings }); see :help ghostls-settings'):format(
+      table.concat(unknown, ', ')), vim.log.levels.WARN)
+  end
   vim.lsp.config('ghostls', {
     cmd = M.config.cmd,
     filetypes = config_mod.enabled_filetypes(M.config),
