@@ -147,12 +147,23 @@ class LlamaCppWorker(Worker):
     name = "llamacpp"
 
     def __init__(self, threads: int, gguf: Path):
+        import llama_cpp.llama_cpp as lib
         from llama_cpp import Llama, __version__
 
+        # llama.cpp's extra buffer types (AMX weight repacking) crash on this project's CPUs. Llama() has no
+        # argument for them (an unknown keyword is silently ignored) and starts from these defaults; the worker
+        # is a process of its own, so changing them here changes nothing else.
+        defaults = lib.llama_model_default_params
+
+        def without_extra_bufts():
+            params = defaults()
+            params.use_extra_bufts = False
+            return params
+
+        lib.llama_model_default_params = without_extra_bufts
         started = time.perf_counter()
-        # use_extra_bufts=False: llama.cpp's AMX buffer path crashes on this project's CPUs.
         self.llm = Llama(model_path=str(gguf), n_ctx=4096, n_batch=512, n_threads=threads,
-                         n_threads_batch=threads, use_extra_bufts=False, verbose=False)
+                         n_threads_batch=threads, verbose=False)
         self.load_s = time.perf_counter() - started
         self.model_bytes = gguf.stat().st_size
         self.eos = {self.llm.token_eos()}
