@@ -17,9 +17,9 @@ GHOSTLS = [sys.executable, "-m", "ghostls.cli.main"]
 
 def _subcommands() -> str:
     """Every `ghostls` subcommand, in the parser's order: what the completion scripts must offer."""
-    from ghostls.cli.main import _parser
+    from ghostls.cli.main import build_parser
 
-    sub = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction))
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     return " ".join(sub.choices)
 
 
@@ -107,9 +107,9 @@ def test_model_info_on_a_folder_without_a_model(tmp_path):
 
 
 def test_progress_bar_draws_lsp_progress_values(capsys):
-    from ghostls.cli.main import _ProgressBar
+    from ghostls.cli.main import ProgressBar
 
-    bar = _ProgressBar()
+    bar = ProgressBar()
     bar.update({"kind": "report", "percentage": 50, "message": "building ONNX"})  # as $/progress delivers it
     bar.update({"kind": "end", "message": "ready"})  # no percentage: nothing to draw
     bar.close()

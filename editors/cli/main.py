@@ -25,7 +25,7 @@ MIN_TOKEN_LENGTH = 16
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = _parser()
+    parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ghostls", description="AI ghost-text completions over LSP, locally.")
     parser.add_argument("--version", action="version", version=f"ghostls {__version__}")
     sub = parser.add_subparsers(metavar="COMMAND")
@@ -262,7 +262,7 @@ async def _ask_server(args, path: Path, text: str, line: int, character: int) ->
     rules = rules_for(None, uri)
     language = args.language or (rules.language_ids[0] if rules.language_ids else rules.name)
     client = LanguageClient("ghostls-cli", __version__)
-    bar = _ProgressBar()
+    bar = ProgressBar()
     status: dict = {}
 
     @client.feature(types.WINDOW_WORK_DONE_PROGRESS_CREATE)
@@ -348,7 +348,7 @@ def _plain(value):
     return value
 
 
-class _ProgressBar:
+class ProgressBar:
     """A one-line progress bar on stderr for the first-use conversion."""
 
     def __init__(self) -> None:
@@ -378,7 +378,7 @@ class _ProgressBar:
 def _completions(args) -> int:
     from ghostls.cli.shells import script
 
-    sys.stdout.write(script(args.shell, _parser()))
+    sys.stdout.write(script(args.shell, build_parser()))
     return 0
 
 
@@ -403,7 +403,7 @@ def _model_convert(args) -> int:
     from ghostls.inference import convert, embedded
     from ghostls.inference.cache import ModelError
 
-    bar = _ProgressBar()
+    bar = ProgressBar()
 
     def progress(stage: str, fraction: float) -> None:
         bar.update({"percentage": int(fraction * 100), "message": stage})
