@@ -56,13 +56,29 @@ class Prompt:
     def heal(self, generated: str) -> str:
         """The generated text as it continues the document at the cursor."""
         if self.at_indent:
-            return generated.lstrip(" \t")
+            return self._at_cursor_depth(generated)
         if not self.healed:
             return generated
         if generated.startswith(self.healed):
             return generated[len(self.healed):]
         # The model chose other whitespace (or none): the cursor's own spaces stand.
         return generated.lstrip(" \t")
+
+    def _at_cursor_depth(self, generated: str) -> str:
+        """A completion at indentation, its first line at the cursor. Where the model began one level deeper than
+        the cursor and kept every later line at least that deep, the later lines move out by the same amount:
+        the block keeps the shape the model gave it. (A tokenizer that folds a newline and a tab into one token
+        leaves a Go or C prompt ending on that token, and the model then writes one more tab before every line.)"""
+        body = generated[len(self.healed):] if self.healed and generated.startswith(self.healed) else generated
+        text = body.lstrip(" \t")
+        extra = body[: len(body) - len(text)]
+        if not extra or "\n" not in text:
+            return text
+        depth = self.prefix[self.prefix.rfind("\n") + 1:] + extra  # where the model put the cursor's depth
+        head, *rest = text.split("\n")
+        if not all(line.startswith(depth) for line in rest if line.strip()):
+            return text  # it came back to the cursor's own depth (or out of it): its first line alone was deeper
+        return "\n".join([head] + [line[len(extra):] if line.strip() else line for line in rest])
 
 
 def build_prompt(

@@ -229,6 +229,22 @@ def test_a_prefix_only_prompt_at_indentation_ends_one_space_short():
     assert build_prompt(snapshot, offset, Fim(uses_suffix=False), Counter()).text == "def f():\n\t"
 
 
+def test_a_block_begun_one_level_deeper_than_the_cursor_keeps_its_shape_at_the_cursor():
+    # SmolLM2's tokenizer folds "\n\t" into one token: after a Go prompt ending on it the model writes one
+    # more tab before every line of the body (seen in `ghostls eval` on cobra: every multi-line body a tab deep).
+    snapshot, offset = at_cursor("func f(e error) {\n\t|\n}\n")
+    prompt = build_prompt(snapshot, offset, Fim(uses_suffix=False), Counter())
+    assert prompt.at_indent and prompt.healed == ""
+    assert prompt.heal("\tif e != nil {\n\t\t\tpanic(e)\n\t\t}") == "if e != nil {\n\t\tpanic(e)\n\t}"
+    # The model came back to the cursor's depth: only its first line was deeper, and the rest stands.
+    assert prompt.heal("\t// check\n\treturn e") == "// check\n\treturn e"
+    # Spaces, past the one the prompt left out: the same.
+    snapshot, offset = at_cursor("def f(x):\n    |\n")
+    prompt = build_prompt(snapshot, offset, Fim(uses_suffix=False), Counter())
+    assert prompt.heal("     if x:\n            y()\n\n        z()") == "if x:\n        y()\n\n    z()"
+    assert prompt.heal(" if x:\n        y()") == "if x:\n        y()"
+
+
 def test_space_after_an_operator_is_healed_too():
     snapshot, offset = at_cursor("x = |")
     prompt = build_prompt(snapshot, offset, Fim(uses_suffix=False), Counter())
