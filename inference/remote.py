@@ -118,6 +118,14 @@ class RemoteBackend:
                 limits=httpx.Limits(max_connections=16, max_keepalive_connections=8, keepalive_expiry=60))
 
         self._client = asyncio.run_coroutine_threadsafe(make_client(), self._loop).result()
+        # Requests this backend gave up on (cancelled, or out of time) before the engine began answering them.
+        # An engine that queues requests (llama.cpp's Python server, a busy single-slot server) still runs
+        # each one's prefill before it notices the closed connection; sent anyway, every new request would
+        # wait behind that wasted work, run out of time in turn, and leave another behind it: one slow
+        # answer became a run of empty ones. So such a stream is kept open until the engine begins it (or
+        # timeout_ms), and the next request goes out only then (see _engine_free).
+        self._abandoned = 0
+        self._engine_free = asyncio.run_coroutine_threadsafe(_new_event(), self._loop).result()
 
     # -- prompt budget -----------------------------------------------------------------------
     @staticmethod
@@ -172,6 +180,11 @@ class RemoteBackend:
             body["stop"] = list(request.stop_strings)
         state = _StreamState()
         try:
+            await asyncio.wait_for(self._engine_free.wait(), max(deadline - time.perf_counter(), 0.001))
+        except (TimeoutError, asyncio.TimeoutError):
+            raise self._error("timeout", f"{self.config.describe()} had not begun a request ghostls gave up on "
+                                         f"within {budget_s:.1f}s; this one was not sent") from None
+        try:
             await asyncio.wait_for(self._post_with_retries(body, request, is_complete, state, deadline),
                                    max(deadline - time.perf_counter(), 0.001))
         except (TimeoutError, asyncio.TimeoutError):
@@ -217,13 +230,51 @@ class RemoteBackend:
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
             # Nothing reached the engine: safe to try again.
             raise _Retryable("unreachable", f"cannot connect to {self.config.describe()}: {_reason(exc)}") from None
-        try:
-            if response.status_code != 200:
+        if response.status_code != 200:
+            try:
                 await self._refuse(response)
-            await self._read_events(response, request, is_complete, state)
+            finally:
+                await response_cm.__aexit__(None, None, None)
+        # The stream is read by a task of its own, so that a request given up on can leave it open (below).
+        lines: asyncio.Queue = asyncio.Queue()
+        reader = self._loop.create_task(_read_lines(response, lines))
+        given_up_before_begun = False
+        try:
+            await self._read_events(lines, request, is_complete, state)
+        except asyncio.CancelledError:
+            given_up_before_begun = not state.received_bytes
+            raise
         finally:
-            # Exiting the stream early (complete, cancelled, error) closes the connection instead of pooling it.
-            await response_cm.__aexit__(None, None, None)
+            if given_up_before_begun:
+                self._close_when_begun(response_cm, reader, lines)  # see _engine_free
+            else:
+                # Exiting the stream early (complete, cancelled, error) closes the connection instead of
+                # pooling it.
+                reader.cancel()
+                await response_cm.__aexit__(None, None, None)
+
+    def _close_when_begun(self, response_cm, reader: asyncio.Task, lines: asyncio.Queue) -> None:
+        """Keeps an abandoned stream open, in the background, until the engine sends its first line (it has
+        then done the prefill and stops at its next token) or timeout_ms passes; new requests wait meanwhile."""
+        self._abandoned += 1
+        self._engine_free.clear()
+
+        async def close_when_begun():
+            try:
+                await asyncio.wait_for(lines.get(), self.config.timeout_ms / 1000)
+            except asyncio.TimeoutError:
+                pass
+            finally:
+                reader.cancel()
+                try:
+                    await response_cm.__aexit__(None, None, None)
+                except Exception:  # noqa: BLE001 - the answer is unwanted; closing it is all that matters
+                    pass
+                self._abandoned -= 1
+                if not self._abandoned:
+                    self._engine_free.set()
+
+        self._loop.create_task(close_when_begun())
 
     async def _refuse(self, response) -> None:
         status = response.status_code
@@ -244,11 +295,14 @@ class RemoteBackend:
             raise self._error("server_error", f"{where} answered {status}{suffix}")
         raise self._error("rejected", f"{where} answered {status}{suffix}")
 
-    async def _read_events(self, response, request: TextRequest, is_complete, state: "_StreamState") -> None:
+    async def _read_events(self, lines: asyncio.Queue, request: TextRequest, is_complete,
+                           state: "_StreamState") -> None:
         """Reads `data:` events until [DONE], a finish_reason, a stop string, or `is_complete`."""
         where = self.config.describe()
         done = False
-        async for line in response.aiter_lines():
+        while (line := await lines.get()) is not _END_OF_BODY:
+            if isinstance(line, BaseException):
+                raise line  # what ended the reading: a dropped connection, a read timeout
             state.received_bytes = True
             if not line.startswith("data:"):
                 continue  # SSE comments, `event:` lines and the blank lines between events
@@ -327,6 +381,25 @@ class _Retryable(Exception):
     def __init__(self, kind: str, message: str, retry_after: float | None = None):
         super().__init__(message)
         self.kind, self.message, self.retry_after = kind, message, retry_after
+
+
+_END_OF_BODY = object()
+
+
+async def _read_lines(response, lines: asyncio.Queue) -> None:
+    """The stream's lines into `lines`, then _END_OF_BODY, or the exception that ended the reading."""
+    try:
+        async for line in response.aiter_lines():
+            lines.put_nowait(line)
+        lines.put_nowait(_END_OF_BODY)
+    except Exception as exc:  # noqa: BLE001 - handed to the request that reads the queue, which words it
+        lines.put_nowait(exc)
+
+
+async def _new_event() -> asyncio.Event:
+    event = asyncio.Event()  # made on the backend's loop, so that it belongs there
+    event.set()
+    return event
 
 
 def _retry_after(response) -> float | None:

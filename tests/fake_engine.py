@@ -13,7 +13,9 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-# One behaviour per request: ok | hang | drop | malformed | slow | endless | status:<code>
+# One behaviour per request: ok | hang | drop | malformed | slow | endless | queued | status:<code>
+# `queued` is a single-slot engine (llama.cpp's Python server): headers at once, then one request at a time, each
+# with a prefill of `prefill_s` during which a closed connection goes unnoticed.
 DEFAULT_PIECES = ("    return", " a", " +", " b", "\n")
 
 
@@ -30,6 +32,8 @@ class FakeEngine:
     pieces: tuple[str, ...] = DEFAULT_PIECES
     piece_delay_s: float = 0.0
     slow_s: float = 30.0  # how long `slow` waits before its first byte
+    prefill_s: float = 1.0  # `queued`: the time before a request's first piece, with the slot held
+    prefills: int = 0  # `queued`: prefills run, whether or not their client still listened
     retry_after: int = 0  # the Retry-After of 429 and 503 answers
     script: list[str] = field(default_factory=list)  # behaviours for the next requests, then `behaviour`
     requests: list[SeenRequest] = field(default_factory=list)
@@ -105,6 +109,14 @@ class FakeEngine:
             await asyncio.sleep(self.slow_s)
             behaviour = "ok"
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
+        if behaviour == "queued":
+            await writer.drain()
+            if not hasattr(self, "_slot"):
+                self._slot = asyncio.Lock()  # made on the engine's loop
+            async with self._slot:
+                await asyncio.sleep(self.prefill_s)
+                self.prefills += 1
+                return await self._stream(reader, writer, endless=False)
         if behaviour == "malformed":
             await self._chunk(writer, b"data: {\"choices\": [{\"text\": \"oops\"\n\n")
             await self._chunk(writer, b"")
@@ -114,7 +126,9 @@ class FakeEngine:
                 await self._chunk(writer, _event(piece))
             writer.transport.abort()  # mid-body, no terminating chunk
             return False
-        endless = behaviour == "endless"
+        return await self._stream(reader, writer, endless=behaviour == "endless")
+
+    async def _stream(self, reader, writer, endless: bool) -> bool:
         pieces = iter(self.pieces) if not endless else iter(lambda: " x", None)
         try:
             for piece in pieces:

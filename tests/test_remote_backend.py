@@ -89,6 +89,23 @@ def test_cancellation_while_the_engine_hangs_returns_at_once(engine, backend_for
     assert time.monotonic() - started < 1.0
 
 
+def test_requests_given_up_on_do_not_pile_up_in_a_queueing_engine(engine, backend_for):
+    """A single-slot engine runs the prefill of every request it was sent, listened to or not. Four keystrokes'
+    requests given up on before it began them, then one more: only the first of the four reaches the engine (the
+    others wait for it to begin, and give up unsent), so the last one waits for one wasted prefill, not four, and
+    answers in its time. Sent as before, the engine ran five prefills and the last request got nothing."""
+    engine.behaviour, engine.prefill_s = "queued", 1.0
+    backend = backend_for(engine.url, timeout_ms=5000)
+    for _ in range(4):
+        started = time.monotonic()
+        result = backend.complete(_request(), cancelled=lambda: time.monotonic() - started > 0.15)
+        assert result.stop_reason == "cancelled" and time.monotonic() - started < 0.5  # never blocks the editor
+    result = backend.complete(_request(time_budget_s=3.0))  # one wasted prefill and its own: 2 s
+    assert result.text == "    return a + b\n"
+    time.sleep(0.3)  # the engine notices the closed streams as it reaches them
+    assert len(engine.requests) == 2 and engine.prefills == 2
+
+
 @pytest.mark.parametrize("behaviour, kind", [
     ("hang", "timeout"),
     ("slow", "timeout"),

@@ -275,7 +275,7 @@ async def evaluate_holes(root: Path, holes: list[Hole], configs: dict[str, dict]
     `root`; `progress(done, total, rows)` after each request."""
     from lsprotocol import types
 
-    from ghostls.bench.lsp import start_server
+    from ghostls.cli.lsp_client import start_server
     from ghostls.parsers.languages import rules_for
 
     client, _ = await start_server("ghostls-eval", model)
@@ -317,6 +317,9 @@ async def evaluate_holes(root: Path, holes: list[Hole], configs: dict[str, dict]
                 error = str(exc)
             latency = time.perf_counter() - started
             explained = await client.protocol.send_request_async("ghostls/explain", None)
+            # A backend that failed (a remote engine's timeout, say) answers the editor with no items: an error
+            # here, not a silent empty answer.
+            error = error or getattr(explained.last, "error", "") or None
             rows[name].append(score(hole, got, latency, error, getattr(explained.last, "reason", "")))
             client.text_document_did_close(types.DidCloseTextDocumentParams(types.TextDocumentIdentifier(uri)))
             progress(number * len(holes) + index + 1, total, rows)
