@@ -19,15 +19,14 @@ def test_every_module_folder_of_a_listed_package_is_listed():
     missing = []
     for package in sorted(listed):
         # A package's folder: its own package-dir entry, else its parent's folder and its last name.
-        parent = package
+        parent, below = package, []
         while parent not in roots:
-            parent = parent.rpartition(".")[0]
-        folder = REPO / roots[parent] / Path(*package[len(parent) + 1:].split(".")) if package != parent \
-            else REPO / roots[package]
-        for sub in sorted(p.parent for p in folder.glob("*/*.py")):
-            name = f"{package}.{sub.name}"
-            if name not in listed and name not in missing:
-                missing.append(name)
+            parent, _, last = parent.rpartition(".")
+            below.insert(0, last)
+        folder = REPO / roots[parent] / Path(*below)
+        for sub in sorted({p.parent for p in folder.glob("*/*.py")}):
+            if f"{package}.{sub.name}" not in listed:
+                missing.append(f"{package}.{sub.name}")
     assert missing == [], f"not in [tool.setuptools] packages, so missing from a wheel: {missing}"
 
 
