@@ -66,19 +66,22 @@ class Prompt:
 
     def _at_cursor_depth(self, generated: str) -> str:
         """A completion at indentation, its first line at the cursor. Where the model began one level deeper than
-        the cursor and kept every later line at least that deep, the later lines move out by the same amount:
-        the block keeps the shape the model gave it. (A tokenizer that folds a newline and a tab into one token
-        leaves a Go or C prompt ending on that token, and the model then writes one more tab before every line.)"""
+        the cursor, the lines after it that are at least that deep move out by the same amount, up to the first
+        line that is not (where the model left the block it began): the block keeps the shape the model gave it.
+        (A tokenizer that folds a newline and a tab into one token leaves a Go or C prompt ending on that token,
+        and the model then writes one more tab before every line of the body.)"""
         body = generated[len(self.healed):] if self.healed and generated.startswith(self.healed) else generated
         text = body.lstrip(" \t")
         extra = body[: len(body) - len(text)]
         if not extra or "\n" not in text:
             return text
         depth = self.prefix[self.prefix.rfind("\n") + 1:] + extra  # where the model put the cursor's depth
-        head, *rest = text.split("\n")
-        if not all(line.startswith(depth) for line in rest if line.strip()):
-            return text  # it came back to the cursor's own depth (or out of it): its first line alone was deeper
-        return "\n".join([head] + [line[len(extra):] if line.strip() else line for line in rest])
+        lines = text.split("\n")
+        for i in range(1, len(lines)):
+            if lines[i].strip() and not lines[i].startswith(depth):
+                break  # the model left its block here: this line and the rest stand as written
+            lines[i] = lines[i][len(extra):] if lines[i].strip() else lines[i]
+        return "\n".join(lines)
 
 
 def build_prompt(

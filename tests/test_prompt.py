@@ -236,7 +236,9 @@ def test_a_block_begun_one_level_deeper_than_the_cursor_keeps_its_shape_at_the_c
     prompt = build_prompt(snapshot, offset, Fim(uses_suffix=False), Counter())
     assert prompt.at_indent and prompt.healed == ""
     assert prompt.heal("\tif e != nil {\n\t\t\tpanic(e)\n\t\t}") == "if e != nil {\n\t\tpanic(e)\n\t}"
-    # The model came back to the cursor's depth: only its first line was deeper, and the rest stands.
+    # From the first line that is not that deep, the model left its block: that line and the rest stand.
+    assert prompt.heal("\tif e != nil {\n\t\t\tpanic(e)\n\t\t}\n\t\treturn e\n}") == \
+        "if e != nil {\n\t\tpanic(e)\n\t}\n\treturn e\n}"
     assert prompt.heal("\t// check\n\treturn e") == "// check\n\treturn e"
     # Spaces, past the one the prompt left out: the same.
     snapshot, offset = at_cursor("def f(x):\n    |\n")
