@@ -70,7 +70,7 @@ def decide_mode(snapshot: DocumentSnapshot, offset: int) -> CompletionMode:
         return CompletionMode(False, "inside comment", indent)
     if cursor.rest.strip() and not set(cursor.rest) <= _CLOSING_TEXT:
         return CompletionMode(False, "middle of line", indent)
-    opener = _ends_with_opener(cursor.before, rules.block_openers)
+    opener = ends_with_opener(cursor.before, rules.block_openers)
     # A bracket opener starts a block even inside a call (a callback body); ":" or a keyword there does not
     # (a dict value, a slice, a lambda).
     if opener and (opener in _OPENERS or place != "arguments"):
@@ -430,7 +430,7 @@ def _open_brackets(text: str) -> bool:
     return depth > 0
 
 
-def _ends_with_opener(before: str, openers: tuple[str, ...]) -> str | None:
+def ends_with_opener(before: str, openers: tuple[str, ...]) -> str | None:
     stripped = before.rstrip()
     for opener in openers:
         if opener[-1].isalnum():
@@ -451,7 +451,7 @@ def _indent_from_above(snapshot: DocumentSnapshot, offset: int, rules, cursor: _
     for line in reversed(window.splitlines()):
         if line.strip():
             indent = _indent_of(line)
-            return indent + _unit_for(indent, cursor.unit) if _ends_with_opener(line, rules.block_openers) else ""
+            return indent + _unit_for(indent, cursor.unit) if ends_with_opener(line, rules.block_openers) else ""
     return ""
 
 
@@ -473,7 +473,7 @@ def block_has_code_above(snapshot: DocumentSnapshot, offset: int, mode: Completi
             return False  # the block's own opener: nothing in it yet
         commented = (cursor.line_comment and code.startswith(cursor.line_comment)) or code[:1] in _QUOTES or (
             rules.block_comment is not None and code.startswith(rules.block_comment[0]))
-        if width == _width(indent) and (commented or _ends_with_opener(line, rules.block_openers)):
+        if width == _width(indent) and (commented or ends_with_opener(line, rules.block_openers)):
             return False
         return True
     return False
@@ -518,7 +518,7 @@ def syntax_guard(snapshot: DocumentSnapshot, offset: int, completion: Completion
         return completion
     at = snapshot.byte_offset(max(0, min(offset, len(snapshot.text))))
     source = snapshot.source
-    baseline = _error_count(snapshot.tree.root_node)
+    baseline = error_count(snapshot.tree.root_node)
 
     def adds_errors(text: str) -> bool:
         if not text:
@@ -528,14 +528,14 @@ def syntax_guard(snapshot: DocumentSnapshot, offset: int, completion: Completion
         merged = source[:at] + data + source[at:]
         tree.edit(start_byte=at, old_end_byte=at, new_end_byte=at + len(data), start_point=_point(source, at),
                   old_end_point=_point(source, at), new_end_point=_point(merged, at + len(data)))
-        return _error_count(parser.parse(merged, tree).root_node) > baseline
+        return error_count(parser.parse(merged, tree).root_node) > baseline
 
     text = completion.text
     if not adds_errors(text):
         return completion
     lines = text.split("\n")
     # An opener on the last line ("if x:", "{") is complete once the user writes the body: judge what is above it.
-    if _ends_with_opener(lines[-1], snapshot.language.block_openers) and not adds_errors("\n".join(lines[:-1])):
+    if ends_with_opener(lines[-1], snapshot.language.block_openers) and not adds_errors("\n".join(lines[:-1])):
         return Completion(text, _join(completion.reason, "ends in an open block"))
     # The last line was cut short (a token or time limit) or ran on: close what it left open, or cut it back to a
     # word boundary, before giving the whole line up.
@@ -616,7 +616,7 @@ def _closers_for(opened: list[str]) -> str:
     return "".join(ch if ch in _QUOTES else _CLOSERS[_OPENERS.index(ch)] for ch in reversed(opened))
 
 
-def _error_count(node: tree_sitter.Node, limit: int = 200) -> int:
+def error_count(node: tree_sitter.Node, limit: int = 200) -> int:
     """ERROR and MISSING nodes under node, visiting only subtrees that hold an error (bounded for broken files)."""
     count = 0
     stack = [node]

@@ -76,6 +76,8 @@ _CHOICES = {
     "provider": ("auto", "cpu", "cuda"),
     "precision": ("auto", "int8", "w8a8", "native", "int4", "fp16", "fp32"),
     "log_level": ("error", "warning", "info", "debug"),
+    # An unknown family would fail the model's load instead of falling back here with a warning.
+    "fim_template": ("auto", *TEMPLATES),
 }
 _RANGES = {
     "max_prompt_tokens": (64, 32768),

@@ -21,6 +21,8 @@ def test_invalid_values_fall_back_to_the_default_with_a_warning():
     assert settings == Settings()
     assert len(warnings) == 5
     assert any("maxLines" in w and "12" in w for w in warnings)
+    settings, warnings = parse_settings({"fimTemplate": "bogus"})
+    assert settings.fim_template == "auto" and len(warnings) == 1 and "fimTemplate" in warnings[0]
 
 
 def test_unknown_keys_are_reported():

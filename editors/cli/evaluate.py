@@ -124,7 +124,7 @@ def _small_function_starts(path: Path, text: str) -> list[int]:
 def _small_functions(document) -> dict[int, int]:
     """Signature line -> body line count, for each function of 2 to MAX_BODY_LINES lines whose signature line
     opens its block; the body excludes a closing line ("}", "end") in languages that have one."""
-    from ghostls.parsers.postprocess import _ends_with_opener
+    from ghostls.parsers.postprocess import ends_with_opener
 
     if document.tree is None:
         return {}
@@ -138,7 +138,7 @@ def _small_functions(document) -> dict[int, int]:
         if node.type not in rules.scope_nodes or node.child_by_field_name("body") is None:
             continue
         first, last = node.start_point[0], node.end_point[0]
-        if not 2 <= last - first <= MAX_BODY_LINES or not _ends_with_opener(lines[first], rules.block_openers):
+        if not 2 <= last - first <= MAX_BODY_LINES or not ends_with_opener(lines[first], rules.block_openers):
             continue
         body = lines[first + 1 : last + 1]
         if not rules.indent_blocks:
@@ -182,7 +182,7 @@ def _normalize(text: str) -> str:
 def syntax_breaks(hole: Hole, completion: str) -> bool:
     """True when the file with the completion merged in has more ERROR/MISSING nodes than the holed file."""
     from ghostls.parsers.document import Document
-    from ghostls.parsers.postprocess import _error_count
+    from ghostls.parsers.postprocess import error_count
 
     if not completion:
         return False
@@ -191,7 +191,7 @@ def syntax_breaks(hole: Hole, completion: str) -> bool:
         return False
     offset = before.snapshot().offset_at(hole.line, hole.column)
     merged = Document(hole.path.as_uri(), None, 1, hole.text[:offset] + completion + hole.text[offset:])
-    return _error_count(merged.tree.root_node, 10_000) > _error_count(before.tree.root_node, 10_000)
+    return error_count(merged.tree.root_node, 10_000) > error_count(before.tree.root_node, 10_000)
 
 
 def score(hole: Hole, completion: str, latency_s: float, error: str | None = None, reason: str = "") -> dict:
