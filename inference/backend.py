@@ -22,10 +22,11 @@ class TextRequest:
     time_budget_s: float = 5.0
     # Requests with the same key (the document URI) share a KV cache where the backend keeps one.
     cache_key: str = ""
-    # Local backends only (a remote one ignores them): report this many most likely first tokens, for
-    # alternative candidates; and token ids the answer must start with (an alternative's first token).
+    # Report this many most likely first tokens, for alternative candidates; and the tokens the answer must start
+    # with (an alternative's first token). A token is its id for a local backend, its text for a remote one (an
+    # engine reports its first tokens through `logprobs`; one that does not reports none).
     first_choices: int = 0
-    forced: tuple[int, ...] = ()
+    forced: tuple[int | str, ...] = ()
     # Local backends only: re-choose the prompt's last tokens when it ends inside a word (GenerationRequest.heal).
     heal: bool = False
 
@@ -40,9 +41,10 @@ class TextGeneration:
     # Stage -> milliseconds. `prefill` is the time to the first token; for a remote backend that includes
     # the network and the engine's queue.
     timings_ms: dict[str, float] = field(default_factory=dict)
-    # Local backends only: the generated token ids, and the most likely first tokens when asked.
-    token_ids: tuple[int, ...] = ()
-    first_choices: tuple[int, ...] = ()
+    # The generated tokens (a remote backend: the first one only), and the most likely first tokens when asked;
+    # ids for a local backend, texts for a remote one (see TextRequest.first_choices).
+    token_ids: tuple[int | str, ...] = ()
+    first_choices: tuple[int | str, ...] = ()
     healed: bool = False
 
 

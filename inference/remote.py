@@ -151,7 +151,7 @@ class RemoteBackend:
         future = asyncio.run_coroutine_threadsafe(self._generate(request, is_complete, started), self._loop)
         while True:
             try:
-                text, reason, first_token_at = future.result(timeout=CANCEL_POLL_S)
+                text, reason, first_token_at, first = future.result(timeout=CANCEL_POLL_S)
                 break
             except concurrent.futures.TimeoutError:
                 if cancelled():
@@ -166,19 +166,26 @@ class RemoteBackend:
             except concurrent.futures.CancelledError:
                 return TextGeneration("", "cancelled", prompt_tokens)
         now = time.perf_counter()
-        first = first_token_at or now
+        first_at = first_token_at or now
         return TextGeneration(text, reason, prompt_tokens,
-                              timings_ms={"prefill": _ms(started, first), "decode": _ms(first, now)})
+                              timings_ms={"prefill": _ms(started, first_at), "decode": _ms(first_at, now)},
+                              token_ids=first.token, first_choices=first.choices)
 
-    async def _generate(self, request: TextRequest, is_complete, started: float) -> tuple[str, str, float | None]:
+    async def _generate(self, request: TextRequest, is_complete,
+                        started: float) -> tuple[str, str, float | None, "_FirstToken"]:
         # One deadline for everything: the time budget, or the request timeout if that is shorter.
         budget_s = min(request.time_budget_s, self.config.timeout_ms / 1000)
         deadline = started + budget_s
-        body = {"model": self.config.model, "prompt": request.prompt, "max_tokens": request.max_new_tokens,
+        # An alternative's first token (TextRequest.forced) is sent as the end of the prompt, and is the start of
+        # the answer returned.
+        forced = "".join(str(token) for token in request.forced)
+        body = {"model": self.config.model, "prompt": request.prompt + forced, "max_tokens": request.max_new_tokens,
                 "temperature": 0, "stream": True}
+        if request.first_choices:
+            body["logprobs"] = request.first_choices  # the first token's most likely alternatives, for candidates
         if request.stop_strings:
             body["stop"] = list(request.stop_strings)
-        state = _StreamState()
+        state = _StreamState(text=forced)
         try:
             await asyncio.wait_for(self._engine_free.wait(), max(deadline - time.perf_counter(), 0.001))
         except (TimeoutError, asyncio.TimeoutError):
@@ -188,12 +195,12 @@ class RemoteBackend:
             await asyncio.wait_for(self._post_with_retries(body, request, is_complete, state, deadline),
                                    max(deadline - time.perf_counter(), 0.001))
         except (TimeoutError, asyncio.TimeoutError):
-            if state.text:
-                return state.text, "time_budget", state.first_token_at
+            if state.text and state.first_token_at is not None:
+                return state.text, "time_budget", state.first_token_at, state.first
             if state.received_bytes:
                 raise self._error("timeout", f"{self.config.describe()} sent no text within {budget_s:.1f}s") from None
             raise self._error("timeout", f"no answer from {self.config.describe()} within {budget_s:.1f}s") from None
-        return state.text, state.reason, state.first_token_at
+        return state.text, state.reason, state.first_token_at, state.first
 
     async def _post_with_retries(self, body: dict, request: TextRequest, is_complete, state: "_StreamState",
                                  deadline: float) -> None:
@@ -331,6 +338,7 @@ class RemoteBackend:
                 raise self._error("malformed", f"{where} sent a non-text completion chunk")
             if piece and state.first_token_at is None:
                 state.first_token_at = time.perf_counter()
+                state.first = _first_token(choice.get("logprobs"))
             state.text += piece
             # Engines apply `stop` themselves; cutting here too covers any that ignore it.
             cut = _first_stop(state.text, request.stop_strings)
@@ -367,14 +375,34 @@ class RemoteBackend:
         self._loop.close()
 
 
+@dataclass(frozen=True)
+class _FirstToken:
+    """The answer's first token and the engine's most likely first tokens, best first, from its `logprobs`."""
+
+    token: tuple[str, ...] = ()
+    choices: tuple[str, ...] = ()
+
+
+def _first_token(logprobs) -> _FirstToken:
+    """From a completion chunk's `logprobs` ({"tokens": [...], "top_logprobs": [{text: logprob}, ...]}, as vLLM and
+    llama.cpp's servers send them); an engine that sends none, or another shape, gives none."""
+    try:
+        tokens, top = logprobs["tokens"], logprobs["top_logprobs"][0]
+        ranked = sorted(top.items(), key=lambda item: -float(item[1]))
+        return _FirstToken(tuple(tokens[:1]), tuple(text for text, _ in ranked if isinstance(text, str) and text))
+    except (KeyError, IndexError, TypeError, AttributeError, ValueError):
+        return _FirstToken()
+
+
 @dataclass
 class _StreamState:
     """What one request has received so far; survives retries (which only happen before any byte)."""
 
-    text: str = ""
+    text: str = ""  # starts with the forced tokens' text, if any
     reason: str = ""
     first_token_at: float | None = None
     received_bytes: bool = False
+    first: _FirstToken = _FirstToken()
 
 
 class _Retryable(Exception):

@@ -34,6 +34,8 @@ class FakeEngine:
     slow_s: float = 30.0  # how long `slow` waits before its first byte
     prefill_s: float = 1.0  # `queued`: the time before a request's first piece, with the slot held
     prefills: int = 0  # `queued`: prefills run, whether or not their client still listened
+    # The first token's alternatives (text -> logprob), sent with the first piece when a request asks `logprobs`.
+    top_logprobs: dict[str, float] = field(default_factory=dict)
     retry_after: int = 0  # the Retry-After of 429 and 503 answers
     script: list[str] = field(default_factory=list)  # behaviours for the next requests, then `behaviour`
     requests: list[SeenRequest] = field(default_factory=list)
@@ -130,14 +132,19 @@ class FakeEngine:
 
     async def _stream(self, reader, writer, endless: bool) -> bool:
         pieces = iter(self.pieces) if not endless else iter(lambda: " x", None)
+        wants_logprobs = bool(self.requests and self.requests[-1].body.get("logprobs"))
         try:
-            for piece in pieces:
+            for index, piece in enumerate(pieces):
                 # The client closed its side while we still stream: it abandoned the answer.
                 if reader.at_eof():
                     self.abandoned_at = time.monotonic()
                     self.stream_abandoned.set()
                     return False
-                await self._chunk(writer, _event(piece))
+                logprobs = None
+                if index == 0 and wants_logprobs:
+                    logprobs = {"tokens": [piece], "token_logprobs": [self.top_logprobs.get(piece, -0.1)],
+                                "top_logprobs": [self.top_logprobs or {piece: -0.1}]}
+                await self._chunk(writer, _event(piece, logprobs=logprobs))
                 await asyncio.sleep(0.05 if endless else self.piece_delay_s)
             await self._chunk(writer, _event("", "stop"))
             await self._chunk(writer, b"data: [DONE]\n\n")
@@ -154,7 +161,7 @@ class FakeEngine:
         await writer.drain()
 
 
-def _event(text: str, finish: str | None = None) -> bytes:
+def _event(text: str, finish: str | None = None, logprobs: dict | None = None) -> bytes:
     chunk = {"id": "cmpl-fake", "object": "text_completion", "model": "fake",
-             "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": finish}]}
+             "choices": [{"text": text, "index": 0, "logprobs": logprobs, "finish_reason": finish}]}
     return f"data: {json.dumps(chunk)}\n\n".encode()

@@ -89,6 +89,23 @@ def test_cancellation_while_the_engine_hangs_returns_at_once(engine, backend_for
     assert time.monotonic() - started < 1.0
 
 
+def test_first_token_alternatives_come_from_the_engines_logprobs_and_a_forced_token_ends_the_prompt(
+        engine, backend_for):
+    """What the completer's alternatives need from a remote engine: its most likely first tokens (the syntax
+    guard's fallback when it rejects the greedy answer), and a branch that starts with one of them."""
+    engine.top_logprobs = {" x": -2.5, "    return": -0.2, "    pass": -1.0}
+    backend = backend_for(engine.url)
+    result = backend.complete(_request(first_choices=3))
+    assert engine.requests[-1].body["logprobs"] == 3
+    assert result.token_ids == ("    return",) and result.first_choices == ("    return", "    pass", " x")
+    branch = backend.complete(_request(forced=("    pass",)))
+    assert engine.requests[-1].body["prompt"] == PROMPT + "    pass" and "logprobs" not in engine.requests[-1].body
+    assert branch.text == "    pass" + "    return a + b\n"  # the forced token, then what the engine streamed
+    engine.top_logprobs = {}
+    plain = backend.complete(_request())  # an engine that reports no logprobs: no alternatives, as before
+    assert plain.first_choices == () and plain.text == "    return a + b\n"
+
+
 def test_requests_given_up_on_do_not_pile_up_in_a_queueing_engine(engine, backend_for):
     """A single-slot engine runs the prefill of every request it was sent, listened to or not. Four keystrokes'
     requests given up on before it began them, then one more: only the first of the four reaches the engine (the
