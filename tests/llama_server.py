@@ -22,19 +22,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-
-def _patch_model_params() -> None:
-    import llama_cpp.llama_cpp as lib
-
-    default = lib.llama_model_default_params
-
-    def without_extra_bufts():
-        params = default()
-        params.use_extra_bufts = False
-        return params
-
-    # llama_cpp.llama.Llama reads the defaults through this module attribute.
-    lib.llama_model_default_params = without_extra_bufts
+from ghostls.cli.bench import without_llama_cpp_extra_buffers
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -46,7 +34,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--alias", default="smollm2-135m-instruct")
     args = parser.parse_args(argv)
 
-    _patch_model_params()
+    without_llama_cpp_extra_buffers()
     import uvicorn
     from llama_cpp.server.app import create_app
     from llama_cpp.server.settings import ModelSettings, ServerSettings

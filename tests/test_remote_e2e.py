@@ -183,15 +183,16 @@ async def test_local_stays_default_and_only_the_configured_language_goes_remote(
 
 
 def test_the_launcher_turns_extra_buffer_types_off():
-    """The llama.cpp server these tests start must load its model without weight repacking (see llama_server)."""
+    """The llama.cpp server these tests start (and ghostls bench's llama.cpp worker) must load its model without
+    weight repacking (see llama_server)."""
     import llama_cpp
 
-    import llama_server
+    from ghostls.cli.bench import without_llama_cpp_extra_buffers
     from ghostls.inference.embedded import embedded_gguf_path
 
     original = llama_cpp.llama_cpp.llama_model_default_params
     try:
-        llama_server._patch_model_params()
+        without_llama_cpp_extra_buffers()
         model = llama_cpp.Llama(model_path=str(embedded_gguf_path()), n_ctx=64, verbose=False)
         assert model.model_params.use_extra_bufts is False
         assert original().use_extra_bufts is True  # llama.cpp's own default, which the launcher overrides

@@ -143,24 +143,29 @@ class GhostlsWorker(Worker):
                 "cancelled": result.stop_reason == "cancelled", "reused": result.reused_tokens}
 
 
+def without_llama_cpp_extra_buffers() -> None:
+    """Turns off llama.cpp's extra buffer types (AMX weight repacking), which crash on this project's CPUs, for
+    every model this process loads after it. Llama() has no argument for them (an unknown keyword is silently
+    ignored) and starts from llama.cpp's model defaults, which this replaces."""
+    import llama_cpp.llama_cpp as lib
+
+    defaults = lib.llama_model_default_params
+
+    def without_extra_bufts():
+        params = defaults()
+        params.use_extra_bufts = False
+        return params
+
+    lib.llama_model_default_params = without_extra_bufts
+
+
 class LlamaCppWorker(Worker):
     name = "llamacpp"
 
     def __init__(self, threads: int, gguf: Path):
-        import llama_cpp.llama_cpp as lib
         from llama_cpp import Llama, __version__
 
-        # llama.cpp's extra buffer types (AMX weight repacking) crash on this project's CPUs. Llama() has no
-        # argument for them (an unknown keyword is silently ignored) and starts from these defaults; the worker
-        # is a process of its own, so changing them here changes nothing else.
-        defaults = lib.llama_model_default_params
-
-        def without_extra_bufts():
-            params = defaults()
-            params.use_extra_bufts = False
-            return params
-
-        lib.llama_model_default_params = without_extra_bufts
+        without_llama_cpp_extra_buffers()  # the worker is a process of its own: this changes nothing else
         started = time.perf_counter()
         self.llm = Llama(model_path=str(gguf), n_ctx=4096, n_batch=512, n_threads=threads,
                          n_threads_batch=threads, verbose=False)
