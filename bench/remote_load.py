@@ -19,16 +19,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import json
 import random
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 
@@ -36,50 +30,7 @@ from lsprotocol import types
 from pygls.exceptions import JsonRpcException
 from pygls.lsp.client import LanguageClient
 
-# The llama.cpp launcher of the remote-backend tests (it turns off llama.cpp's extra buffer types, which have
-# crashed on this project's CPUs), run as a program of its own: nothing here imports from tests/.
-LLAMA_SERVER = Path(__file__).resolve().parents[1] / "tests" / "llama_server.py"
-
-
-@contextlib.contextmanager
-def llama_engine(model: Path, n_threads: int, n_ctx: int = 2048, wait_s: float = 180.0):
-    """A llama.cpp server on a free loopback port; yields its base URL once it has answered a first (warm-up)
-    completion, so that the model's load is not counted in the first editor's latency."""
-    with contextlib.closing(socket.socket()) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    log = tempfile.TemporaryFile()
-    process = subprocess.Popen([sys.executable, str(LLAMA_SERVER), "--model", str(model), "--port", str(port),
-                                "--n-ctx", str(n_ctx), "--n-threads", str(n_threads)],
-                               stdout=subprocess.DEVNULL, stderr=log)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + wait_s
-        while True:
-            if process.poll() is not None:
-                log.seek(0)
-                raise RuntimeError(f"llama.cpp server exited with {process.returncode}: "
-                                   f"{log.read().decode(errors='replace')[-2000:]}")
-            with contextlib.suppress(OSError):
-                with urllib.request.urlopen(f"{url}/v1/models", timeout=2) as answer:
-                    if answer.status == 200:
-                        break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"llama.cpp server did not answer within {wait_s:.0f}s")
-            time.sleep(0.2)
-        warm_up = json.dumps({"prompt": "def", "max_tokens": 1, "temperature": 0}).encode()
-        urllib.request.urlopen(urllib.request.Request(f"{url}/v1/completions", warm_up,
-                                                      {"Content-Type": "application/json"}), timeout=wait_s).read()
-        yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
-
+from ghostls.cli.llama_server import running_llama_server
 
 def pick_lines(count: int, seed: int) -> list[tuple[Path, int]]:
     """One line (with at least 24 chars after its indentation) per editor, from standard-library files."""
@@ -198,7 +149,7 @@ async def run(args) -> dict:
     from ghostls.inference.embedded import embedded_gguf_path
 
     rows: list[dict] = []
-    with llama_engine(embedded_gguf_path(), args.engine_threads) as url:
+    with running_llama_server(embedded_gguf_path(), n_threads=args.engine_threads, wait_s=180) as url:
         started = time.perf_counter()
         await asyncio.wait_for(asyncio.gather(*(
             editor(i, path, line, url, args, rows) for i, (path, line) in enumerate(pick_lines(args.editors, args.seed)))),

@@ -151,7 +151,7 @@ class RemoteBackend:
         future = asyncio.run_coroutine_threadsafe(self._generate(request, is_complete, started), self._loop)
         while True:
             try:
-                text, reason, first_token_at, first = future.result(timeout=CANCEL_POLL_S)
+                state = future.result(timeout=CANCEL_POLL_S)
                 break
             except concurrent.futures.TimeoutError:
                 if cancelled():
@@ -166,13 +166,12 @@ class RemoteBackend:
             except concurrent.futures.CancelledError:
                 return TextGeneration("", "cancelled", prompt_tokens)
         now = time.perf_counter()
-        first_at = first_token_at or now
-        return TextGeneration(text, reason, prompt_tokens,
+        first_at = state.first_token_at or now
+        return TextGeneration(state.text, state.reason, prompt_tokens,
                               timings_ms={"prefill": _ms(started, first_at), "decode": _ms(first_at, now)},
-                              token_ids=first.token, first_choices=first.choices)
+                              token_ids=state.first.token, first_choices=state.first.choices)
 
-    async def _generate(self, request: TextRequest, is_complete,
-                        started: float) -> tuple[str, str, float | None, "_FirstToken"]:
+    async def _generate(self, request: TextRequest, is_complete, started: float) -> "_StreamState":
         # One deadline for everything: the time budget, or the request timeout if that is shorter.
         budget_s = min(request.time_budget_s, self.config.timeout_ms / 1000)
         deadline = started + budget_s
@@ -196,11 +195,12 @@ class RemoteBackend:
                                    max(deadline - time.perf_counter(), 0.001))
         except (TimeoutError, asyncio.TimeoutError):
             if state.text and state.first_token_at is not None:
-                return state.text, "time_budget", state.first_token_at, state.first
+                state.reason = "time_budget"
+                return state
             if state.received_bytes:
                 raise self._error("timeout", f"{self.config.describe()} sent no text within {budget_s:.1f}s") from None
             raise self._error("timeout", f"no answer from {self.config.describe()} within {budget_s:.1f}s") from None
-        return state.text, state.reason, state.first_token_at, state.first
+        return state
 
     async def _post_with_retries(self, body: dict, request: TextRequest, is_complete, state: "_StreamState",
                                  deadline: float) -> None:

@@ -101,8 +101,8 @@ def test_first_token_alternatives_come_from_the_engines_logprobs_and_a_forced_to
     branch = backend.complete(_request(forced=("    pass",)))
     assert engine.requests[-1].body["prompt"] == PROMPT + "    pass" and "logprobs" not in engine.requests[-1].body
     assert branch.text == "    pass" + "    return a + b\n"  # the forced token, then what the engine streamed
-    engine.top_logprobs = {}
-    plain = backend.complete(_request())  # an engine that reports no logprobs: no alternatives, as before
+    plain = backend.complete(_request())  # a request that wants no alternatives asks for no logprobs
+    assert "logprobs" not in engine.requests[-1].body
     assert plain.first_choices == () and plain.text == "    return a + b\n"
 
 

@@ -18,7 +18,7 @@ from pygls.exceptions import JsonRpcException
 from pytest_lsp import ClientServerConfig, LanguageClient, client_capabilities
 
 from fake_engine import FakeEngine
-from llama_server import running_llama_server
+from ghostls.cli.llama_server import running_llama_server
 from lsp_status import next_status, record_statuses
 
 SERVER = [sys.executable, "-m", "ghostls.cli.main", "serve", "--stdio", "--log-level", "debug"]
@@ -184,7 +184,7 @@ async def test_local_stays_default_and_only_the_configured_language_goes_remote(
 
 def test_the_launcher_turns_extra_buffer_types_off():
     """The llama.cpp server these tests start (and ghostls bench's llama.cpp worker) must load its model without
-    weight repacking (see llama_server)."""
+    weight repacking (see ghostls.cli.llama_server)."""
     import llama_cpp
 
     from ghostls.cli.bench import without_llama_cpp_extra_buffers

@@ -94,8 +94,10 @@ def line_hole_at(path: Path, text: str, line: int, column: int) -> Hole:
 
 def cut_body_hole(path: Path, text: str, rng: random.Random) -> Hole | None:
     """A random small function's body, cut out whole (see body_hole_at)."""
-    starts = _small_function_starts(path, text)
-    return body_hole_at(path, text, rng.choice(starts)) if starts else None
+    from ghostls.parsers.document import Document
+
+    found = _small_functions(Document(path.as_uri(), None, 1, text))
+    return _body_hole(path, text, rng.choice(sorted(found)), found) if found else None
 
 
 def body_hole_at(path: Path, text: str, signature_line: int) -> Hole | None:
@@ -104,8 +106,10 @@ def body_hole_at(path: Path, text: str, signature_line: int) -> Hole | None:
     from ghostls.parsers.document import Document
 
     found = _small_functions(Document(path.as_uri(), None, 1, text))
-    if signature_line not in found:
-        return None
+    return _body_hole(path, text, signature_line, found) if signature_line in found else None
+
+
+def _body_hole(path: Path, text: str, signature_line: int, found: dict[int, int]) -> Hole:
     lines = text.split("\n")
     first, size = signature_line, found[signature_line]
     body = lines[first + 1 : first + 1 + size]
@@ -113,12 +117,6 @@ def body_hole_at(path: Path, text: str, signature_line: int) -> Hole | None:
     expected = "\n".join(line.rstrip() for line in body)[len(indent) :]
     holed = lines[: first + 1] + [indent] + lines[first + 1 + size :]
     return Hole(path, "function_body", "\n".join(holed), first + 1, len(indent), expected.rstrip())
-
-
-def _small_function_starts(path: Path, text: str) -> list[int]:
-    from ghostls.parsers.document import Document
-
-    return sorted(_small_functions(Document(path.as_uri(), None, 1, text)))
 
 
 def _small_functions(document) -> dict[int, int]:

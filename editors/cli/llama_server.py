@@ -1,12 +1,13 @@
-"""Starts llama-cpp-python's OpenAI-compatible server on 127.0.0.1, for the remote-backend tests and bench.
+"""Starts llama-cpp-python's OpenAI-compatible server on 127.0.0.1: the real engine of the remote-backend tests
+and of bench/remote_load.py.
 
 `python -m llama_cpp.server` cannot turn off llama.cpp's extra buffer types (weight repacking), and
 llama.cpp has crashed in that (AMX) CPU path on machines of this project's kind; so this launcher builds
 the same app with `use_extra_bufts` off in every model's params. (On the machine these tests were written
 on, the plain server did not crash with the embedded Q4_1 model.) It also
-keeps concurrent streams whole (see `interrupt_requests` below). Run it as a script; it binds loopback only.
+keeps concurrent streams whole (see `interrupt_requests` below). It binds loopback only.
 
-    python tests/llama_server.py --model FILE.gguf --port 8080 [--n-ctx 2048] [--n-threads 2]
+    python -m ghostls.cli.llama_server --model FILE.gguf --port 8080 [--n-ctx 2048] [--n-threads 2]
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
 
-from ghostls.cli.bench import without_llama_cpp_extra_buffers
+from .bench import without_llama_cpp_extra_buffers
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -61,16 +63,18 @@ def running_llama_server(model: Path, port: int | None = None, n_ctx: int = 2048
     first (warm-up) completion. One thread by default: on a shared 2-core machine llama.cpp's spinning
     threads wait on each other, and the first request took 5 s with two threads against 1.2 s with one."""
     port = port or free_port()
-    process = subprocess.Popen([sys.executable, __file__, "--model", str(model), "--port", str(port),
-                                "--n-ctx", str(n_ctx), "--n-threads", str(n_threads)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    log = tempfile.TemporaryFile()  # not a pipe: a server that logs more than a pipe holds would block on it
+    process = subprocess.Popen([sys.executable, "-m", "ghostls.cli.llama_server", "--model", str(model),
+                                "--port", str(port), "--n-ctx", str(n_ctx), "--n-threads", str(n_threads)],
+                               stdout=subprocess.DEVNULL, stderr=log)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + wait_s
         while True:
             if process.poll() is not None:
+                log.seek(0)
                 raise RuntimeError(f"llama.cpp server exited with {process.returncode}: "
-                                   f"{process.stderr.read().decode(errors='replace')[-2000:]}")
+                                   f"{log.read().decode(errors='replace')[-2000:]}")
             try:
                 with urllib.request.urlopen(f"{url}/v1/models", timeout=2) as answer:
                     if answer.status == 200:
@@ -91,6 +95,7 @@ def running_llama_server(model: Path, port: int | None = None, n_ctx: int = 2048
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+        log.close()
 
 
 if __name__ == "__main__":
