@@ -45,9 +45,9 @@ demo: $(DEMO_STAMP)
 	$(VENV)/bin/ghostls complete docs/examples/fib.py:4:9
 
 # The tests convert into .cache/ghostls (tests/conftest.py) and may not reach the network: the KV cache attention
-# ops (inference/kv_attention.py) are built there first, fetching onnxruntime's headers once.
+# ops (inference/converter/ops/build.toml) are built there first, fetching onnxruntime's headers once.
 test: $(STAMP) vscode
-	GHOSTLS_CACHE_DIR="$${GHOSTLS_CACHE_DIR:-$(CURDIR)/.cache/ghostls}" $(PY) -m ghostls.inference.kv_attention
+	GHOSTLS_CACHE_DIR="$${GHOSTLS_CACHE_DIR:-$(CURDIR)/.cache/ghostls}" $(PY) -m ghostls.inference.converter.ops.library
 	GHOSTLS_REQUIRE_VSCODE_E2E=1 $(PY) -m pytest -q
 
 clean-venv:

@@ -53,7 +53,7 @@ def build_checkpoint(size: str, out: Path) -> Path:
 
 def build_onnx(checkpoint: Path, out: Path, precision: str, provider: str) -> Path:
     try:
-        from ghostls.inference.convert import BUILDER_OPTIONS
+        from ghostls.inference.converter.convert import BUILDER_OPTIONS
     except ImportError:  # the GPU machine runs this file from a bare copy of the tree, ghostls not installed
         BUILDER_OPTIONS = ("prune_lm_head=true",)
 

@@ -7,8 +7,8 @@ prompts: every prompt set's files, each cut at a line two thirds in, kept to its
 
 The last position of a prefill runs the prompt path only. With --decode-steps N each model is also fed the
 reference's first N greedy tokens one at a time after the prompt (teacher-forced: the same tokens for all), and
-the KL is taken at every one of those steps: the one-token decode path, which a change to it alone (the int8
-cache's integer scores, session 9) is only seen in.
+the KL is taken at every one of those steps: the one-token decode path, where a change to it alone (the int8
+cache's integer scores, for one) is the only place it shows.
 
     .venv/bin/python bench/logits_kl.py REFERENCE MODEL [MODEL...] [--prompt-set a|b] [--contexts 300,900]
                                         [--decode-steps 16]

@@ -60,7 +60,7 @@ def main() -> int:
         options.intra_op_num_threads = args.threads
         library = (json.loads((args.model_dir / "genai_config.json").read_text())["model"]["decoder"]
                    .get("session_options", {}).get("custom_ops_library"))
-        if library:  # ghostls's attention ops (inference/kv_attention.py), copied into the model folder
+        if library:  # ghostls's attention ops (inference/converter/ops/library.py), copied into the model folder
             options.register_custom_ops_library(str(args.model_dir / library))
         if profile_prefix:
             options.enable_profiling = True

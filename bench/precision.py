@@ -15,7 +15,8 @@ import statistics
 import sys
 import time
 
-from ghostls.inference import convert, embedded
+from ghostls.inference import embedded
+from ghostls.inference.converter import convert
 from ghostls.inference.engine import Engine, GenerationRequest
 
 

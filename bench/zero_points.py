@@ -1,10 +1,10 @@
 """Why precision `native` carries a remainder MatMul: onnxruntime's 4-bit MatMulNBits with float zero points.
 
 A Q4_1 block is `d * q + m`; MatMulNBits computes `scale * (q - zero_point)`. The zero point `-m / d` is exact
-only as a float; the integer one nearest it leaves a remainder that `inference/requantize.py` adds with a small
-float MatMul (15-25% of a decode step). This times one MatMulNBits (K 576, N 1536: a SmolLM2-135M MLP weight) on
-random Q4_1 blocks at one token and at 256, with uint8 zero points (the remainder left out, so inexact) and with
-float zero points (exact), at accuracy levels 4 (int8 activations) and 1 (float32).
+only as a float; the integer one nearest it leaves a remainder that `inference/converter/requantize.py` adds with a
+small float MatMul (15-25% of a decode step). This times one MatMulNBits (K 576, N 1536: a SmolLM2-135M MLP
+weight) on random Q4_1 blocks at one token and at 256, with uint8 zero points (the remainder left out, so inexact)
+and with float zero points (exact), at accuracy levels 4 (int8 activations) and 1 (float32).
 
     .venv/bin/python bench/zero_points.py [--threads 2]
 """

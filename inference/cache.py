@@ -60,8 +60,9 @@ class ModelManifest:
     # Precisions "native" and "w8a8": how many MatMul weights were kept exactly ("q4_1 exact", "q8_0 exact") or
     # quantized ("int8 absmax", "w8a8"); empty for the builder's precisions.
     weights: dict[str, int] = field(default_factory=dict)
-    # "int8" or "float16": attention is ghostls's own op over that cache (inference/kv_attention.py), its library
-    # copied into the folder; "float32": onnxruntime's GroupQueryAttention (and every model before recipe 4).
+    # "int8" or "float16": attention is ghostls's own op over that cache (inference/converter/ops/), its library
+    # copied into the folder; "float32": onnxruntime's GroupQueryAttention (and the default for a manifest that
+    # does not say).
     kv_cache: str = "float32"
 
     def to_json(self) -> str:
@@ -89,7 +90,7 @@ def read_manifest(model_dir: Path) -> ModelManifest:
     except FileNotFoundError:
         raise ModelError(
             f"{model_dir} is not a ghostls model (no {MANIFEST_NAME}); convert it with "
-            "`python -m ghostls.inference.convert SOURCE`"
+            "`ghostls model convert SOURCE`"
         ) from None
     except (OSError, ValueError, TypeError) as e:
         raise ModelError(f"the manifest of {model_dir} is unreadable ({e}); convert the model again with --force") from None
@@ -131,15 +132,15 @@ def _looks_like_protobuf(path: Path) -> bool:
 
 
 def unsafe_files(model_dir: Path) -> list[Path]:
-    """Pickles and native libraries anywhere under the folder, but for a byte-identical copy of the attention op
-    ghostls built from its own source (inference/kv_attention.py) at the folder's top."""
-    from ghostls.inference import kv_attention
+    """Pickles and native libraries anywhere under the folder, but for a byte-identical copy of the ops library
+    ghostls built from its own source (inference/converter/ops/library.py) at the folder's top."""
+    from ghostls.inference.converter.ops import library
 
-    own = Path(model_dir) / kv_attention.LIBRARY_NAME
+    own = Path(model_dir) / library.library_name()
     return sorted(
         p for p in Path(model_dir).rglob("*")
         if p.is_file() and p.name.lower().endswith(PICKLE_SUFFIXES + LIBRARY_SUFFIXES)
-        and not (p == own and kv_attention.is_own_library(p))
+        and not (p == own and library.is_own_library(p))
     )
 
 
@@ -160,15 +161,16 @@ def validate_model_dir(model_dir: Path, *, check_hash: bool = True) -> ModelMani
     copy of ghostls's own attention ops. The graph file must look like protobuf and match the sha256 the manifest
     recorded; every recorded file must have its size.
     """
-    from ghostls.inference import kv_attention
+    from ghostls.inference.converter.ops import library
 
+    own_library = library.library_name()
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise ModelError(f"model folder {model_dir} does not exist")
     bad = unsafe_files(model_dir)
-    if bad == [model_dir / kv_attention.LIBRARY_NAME]:
+    if bad == [model_dir / own_library]:
         raise ModelError(f"refusing to load {model_dir}: it holds a file that can run code when loaded "
-                         f"({kv_attention.LIBRARY_NAME}, not the ops this ghostls built: made by another "
+                         f"({own_library}, not the ops this ghostls built: made by another "
                          "version?); convert the model again with --force")
     if bad:
         names = ", ".join(str(p.relative_to(model_dir)) for p in bad)
@@ -189,11 +191,11 @@ def validate_model_dir(model_dir: Path, *, check_hash: bool = True) -> ModelMani
     if graph_name != MODEL_FILE:
         raise ModelError(f"{config_path} names an unexpected model file {graph_name!r}")
     libraries = _custom_ops_libraries(config)
-    if kv_attention.LIBRARY_NAME in libraries and not (model_dir / kv_attention.LIBRARY_NAME).is_file():
+    if own_library in libraries and not (model_dir / own_library).is_file():
         # onnxruntime would look the bare name up on the system's library path instead.
-        raise ModelError(f"{model_dir} names {kv_attention.LIBRARY_NAME} but does not hold it; "
+        raise ModelError(f"{model_dir} names {own_library} but does not hold it; "
                          "convert the model again with --force")
-    if libraries - {kv_attention.LIBRARY_NAME}:
+    if libraries - {own_library}:
         # ONNX Runtime GenAI would dlopen it: native code chosen by whoever wrote the model folder. The one name
         # allowed is the attention op's copy, which unsafe_files above has checked is ghostls's own build.
         raise ModelError(f"refusing to load {model_dir}: {GENAI_CONFIG} names a custom_ops_library; "

@@ -13,11 +13,11 @@ import tempfile
 from pathlib import Path
 
 from ghostls.inference.cache import ModelError, models_root
-from ghostls.inference.convert import Progress, cached_model, convert, convert_in_subprocess
+from ghostls.inference.converter.convert import Progress, cached_model, convert, convert_in_subprocess
 
 EMBEDDED_NAME = "smollm2-135m-instruct"
 # The GGUF's own Q4_1/Q8_0 blocks with the projections after a norm or attention as smoothed int8 against
-# int8 activations (docs/benchmarks.md, "Session 7"): prefill in 0.6 of the time of the exact blocks
+# int8 activations (docs/benchmarks.md): prefill in 0.6 of the time of the exact blocks
 # ("native"), decode level, completions as good in `ghostls eval`; last-position logits 1.5-3x further from the
 # float reference than native's, still small.
 EMBEDDED_PRECISION = "w8a8"

@@ -53,7 +53,8 @@ class LoadedModel:
 
 def resolve_model_dir(settings: Settings, progress: Callable[[str, float], None]) -> Path:
     """Returns a converted model folder for the settings, converting on first use."""
-    from ghostls.inference import convert, embedded
+    from ghostls.inference import embedded
+    from ghostls.inference.converter import convert
 
     if settings.model is None:
         return embedded.ensure_embedded_model(progress=progress, in_subprocess=True)

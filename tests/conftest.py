@@ -55,7 +55,7 @@ def tiny_models_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_model(tiny_checkpoints: dict[str, Path], tiny_models_root: Path) -> Callable[[str], Path]:
     """`tiny_model(family)`: that family's tiny checkpoint converted with the real converter (int8, cpu), once
     per session and only when a test asks for it (about 10 s each, mostly the builder's imports)."""
-    from ghostls.inference.convert import convert
+    from ghostls.inference.converter.convert import convert
 
     converted: dict[str, Path] = {}
 

@@ -138,7 +138,7 @@ def test_logits_kl_finds_a_model_identical_to_its_reference_and_another_one_not(
     """bench/logits_kl.py, the measurement behind precision w8a8: zero divergence from itself, some from int4."""
     import pathlib
 
-    from ghostls.inference.convert import convert
+    from ghostls.inference.converter.convert import convert
 
     script = pathlib.Path(__file__).resolve().parents[1] / "bench" / "logits_kl.py"
     reference = tiny_model("qwen")

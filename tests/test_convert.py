@@ -20,7 +20,7 @@ from ghostls.inference.cache import (
     read_manifest,
     validate_model_dir,
 )
-from ghostls.inference.convert import (
+from ghostls.inference.converter.convert import (
     RECIPE,
     _Source,
     convert,
@@ -95,7 +95,7 @@ def test_w8a8_takes_the_projections_after_norms_and_attention_and_the_model_runs
     assert manifest.weights == {"w8a8": 4 * layers, "int8 absmax": layers + 1}
     ops = [node.op_type for node in graph.node]
     # Three int8 MatMuls a layer (gate and up share one), each quantizing its input per row: ghostls's
-    # Int8MatMul in place of onnxruntime's (kv_attention.fuse_small_nodes).
+    # Int8MatMul in place of onnxruntime's (ops.fuse_small_nodes).
     assert ops.count("Int8MatMul") == 3 * layers
     assert not {"DynamicQuantizeMatMul", "MatMulIntegerToFloat", "QuantizeLinear"} & set(ops)
     assert not (model_dir / "model.calibration.onnx").exists()
@@ -125,11 +125,26 @@ def test_second_call_returns_cached_model(tiny_model: Callable[[str], Path], tin
 def test_cache_hit_never_imports_torch(tiny_model: Callable[[str], Path], tiny_checkpoints, tiny_models_root) -> None:
     tiny_model("starcoder")
     code = (
-        "import sys\nfrom pathlib import Path\nfrom ghostls.inference.convert import convert\n"
+        "import sys\nfrom pathlib import Path\nfrom ghostls.inference.converter.convert import convert\n"
         f"convert(Path({str(tiny_checkpoints['starcoder'])!r}), out_root=Path({str(tiny_models_root)!r}))\n"
         "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, 'heavy import'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_the_keystroke_path_never_imports_the_converters_tools(tiny_model: Callable[[str], Path]) -> None:
+    """The runtime modules, a model's check (its ops library's included) and a completion import neither torch,
+    transformers nor the onnx package: those load only in a conversion's subprocess."""
+    model_dir = tiny_model("starcoder")
+    code = (
+        "import sys\nfrom pathlib import Path\n"
+        "from ghostls.inference import backend, cache, embedded, engine, fim, provider, remote\n"
+        f"model = engine.Engine(Path({str(model_dir)!r}), provider='cpu')\n"
+        "model.generate(engine.GenerationRequest(tuple(model.encode('def add(a, b):')), max_new_tokens=2))\n"
+        "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'transformers', 'onnx', 'onnxscript'})\n"
+        "assert not heavy, heavy\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
 def test_tiny_model_generates(tiny_model: Callable[[str], Path]) -> None:
@@ -172,7 +187,7 @@ def test_corrupt_safetensors_fails_cleanly(tiny_checkpoints: dict[str, Path], tm
 def test_killed_conversion_leaves_no_model(tiny_checkpoints: dict[str, Path], tmp_path: Path) -> None:
     out_root = tmp_path / "models"
     cmd = [
-        sys.executable, "-m", "ghostls.inference.convert", str(tiny_checkpoints["codellama"]),
+        sys.executable, "-m", "ghostls.inference.converter.convert", str(tiny_checkpoints["codellama"]),
         "--out-root", str(out_root), "--json-progress",
     ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, start_new_session=True)

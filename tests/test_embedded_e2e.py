@@ -64,14 +64,15 @@ def test_the_embedded_model_keeps_the_gguf_blocks_w8a8_does_not_take_exactly(emb
 
     # SmolLM2's GGUF holds Q4_1 layers and a Q8_0 token embedding (the tied LM head). W8A8 takes the four
     # projections after a norm or attention in each of the 30 layers; the down projections' Q4_1 blocks and the
-    # Q8_0 head are found again bit for bit (inference/requantize.py checks each block), none re-quantized.
+    # Q8_0 head are found again bit for bit (inference/converter/requantize.py checks each block), none
+    # re-quantized.
     manifest = read_manifest(embedded_model_dir)
     assert manifest.precision == "w8a8"
     assert manifest.weights == {"w8a8": 120, "q4_1 exact": 30, "q8_0 exact": 1}
-    # Attention is ghostls's own op over an int8 cache (inference/kv_attention.py) on any x86-64 CPU with AVX2;
-    # the W8A8 MatMuls are its Int8MatMul (q/k/v, o, gate|up); each MLP's activation and down projection offsets
-    # are one GatedSilu, the offsets applied by the SkipRmsNorm after the down projection. Eight nodes a layer:
-    # two norms, q/k/v, attention, o, gate|up, GatedSilu, down.
+    # Attention is ghostls's own op over an int8 cache (inference/converter/ops/kv_attention.py) on any x86-64 CPU
+    # with AVX2; the W8A8 MatMuls are its Int8MatMul (q/k/v, o, gate|up); each MLP's activation and down
+    # projection offsets are one GatedSilu, the offsets applied by the SkipRmsNorm after the down projection.
+    # Eight nodes a layer: two norms, q/k/v, attention, o, gate|up, GatedSilu, down.
     assert manifest.kv_cache == "int8"
     graph = onnx.load(str(embedded_model_dir / "model.onnx"), load_external_data=False).graph
     ops = [node.op_type for node in graph.node]

@@ -1,7 +1,7 @@
-"""ghostls's attention ops over a float16 or int8 KV cache (inference/csrc/kv_attention.cc): the real library in
-real onnxruntime sessions, against a NumPy reference of grouped-query attention with rotary embeddings; the
-converter putting them into a model; and the rule that a model folder carries them only as a copy of ghostls's own
-build."""
+"""ghostls's onnxruntime ops (inference/converter/ops/): attention over a float16 or int8 KV cache, the real library
+in real onnxruntime sessions, against a NumPy reference of grouped-query attention with rotary embeddings; the
+other ops against NumPy; the converter putting them into a model; and the rule that a model folder carries them
+only as a copy of ghostls's own build."""
 
 from __future__ import annotations
 
@@ -13,11 +13,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ghostls.inference import kv_attention
+from ghostls.inference.converter.ops import (
+    fuse_small_nodes,
+    gated_silu,
+    int8_matmul,
+    kv_attention,
+    library as ops_library,
+    skip_rms_norm,
+)
+from ghostls.inference.converter.ops.graph import DOMAIN
 from ghostls.inference.cache import ModelError, read_manifest, validate_model_dir
 
-pytestmark = pytest.mark.skipif(kv_attention.unavailable_reason() is not None,
-                                reason=f"{kv_attention.unavailable_reason()}")
+pytestmark = pytest.mark.skipif(ops_library.unavailable_reason() is not None,
+                                reason=f"{ops_library.unavailable_reason()}")
 CACHES = ("float16", "int8")
 
 
@@ -45,18 +53,18 @@ def _ask_for(kernel: str | None, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _kernels_run(library: Path, op: str, before: dict[str, int]) -> dict[str, int]:
-    """The kernels of `op` that ran since `before` (kv_attention.kernel_runs), with how many calls each."""
-    after = kv_attention.kernel_runs(library)
+    """The kernels of `op` that ran since `before` (ops_library.kernel_runs), with how many calls each."""
+    after = ops_library.kernel_runs(library)
     return {name.partition(".")[2]: after[name] - before[name] for name in after
             if name.startswith(f"{op}.") and after[name] > before[name]}
 
 
 @pytest.fixture(scope="module")
 def library() -> Path:
-    # Built before the tests (Makefile: `python -m ghostls.inference.kv_attention`): the tests cannot reach the network
-    # for the headers, and a conversion without the library would quietly keep a float32 cache.
-    path = kv_attention.library_path()
-    assert path.is_file(), f"{path} is not built; run `python -m ghostls.inference.half_kv` first"
+    # Built before the tests (Makefile: `python -m ghostls.inference.converter.ops.library`): the tests cannot
+    # reach the network for the headers, and a conversion without the library would quietly keep a float32 cache.
+    path = ops_library.library_path()
+    assert path.is_file(), f"{path} is not built; run `python -m ghostls.inference.converter.ops.library` first"
     return path
 
 
@@ -78,10 +86,10 @@ def _attention_graph(cache: str, heads: int, kv_heads: int, head_size: int) -> b
                helper.make_tensor_value_info("present_key", kind, None),
                helper.make_tensor_value_info("present_value", kind, None)]
     node = helper.make_node(kv_attention.OP_TYPES[cache], [i.name for i in inputs], [o.name for o in outputs],
-                            domain=kv_attention.DOMAIN, num_heads=heads, kv_num_heads=kv_heads, scale=0.3)
+                            domain=DOMAIN, num_heads=heads, kv_num_heads=kv_heads, scale=0.3)
     graph = helper.make_graph([node], "attention", inputs, outputs)
     return helper.make_model(graph, ir_version=10, opset_imports=[
-        helper.make_opsetid("", 21), helper.make_opsetid(kv_attention.DOMAIN, 1)]).SerializeToString()
+        helper.make_opsetid("", 21), helper.make_opsetid(DOMAIN, 1)]).SerializeToString()
 
 
 def _session(library: Path, cache: str, heads: int, kv_heads: int, head_size: int):
@@ -187,7 +195,7 @@ def test_attention_matches_the_reference(library: Path, cache: str, kernel: str 
     expected = None
     if cache == "int8" and head_size % 32 == 0:
         expected = "avx512vnni" if kernel == "avx512vnni" and head_size % 64 == 0 else "avx2"
-    before = kv_attention.kernel_runs(library)
+    before = ops_library.kernel_runs(library)
     session = _session(library, cache, heads, kv_heads, head_size)
     cos, sin = _rotary_tables(head_size)
     rng = np.random.default_rng(head_size + heads)
@@ -253,7 +261,7 @@ def test_conversion_swaps_in_the_op_for_each_cache_type(library: Path, tiny_chec
     model carries the library and a cache of its type, sized so (int8 rows: head size 16 + the scale's 4 bytes)."""
     import onnx
 
-    from ghostls.inference.convert import convert
+    from ghostls.inference.converter.convert import convert
     from ghostls.inference.engine import Engine
 
     models = {"float16": tiny_model("starcoder")}
@@ -265,11 +273,11 @@ def test_conversion_swaps_in_the_op_for_each_cache_type(library: Path, tiny_chec
         ops = [n.op_type for n in graph.node]
         past = next(v for v in graph.input if v.name == "past_key_values.0.key").type.tensor_type
         if cache == "float32":
-            assert ops.count("GroupQueryAttention") == 2 and not (model_dir / kv_attention.LIBRARY_NAME).exists()
+            assert ops.count("GroupQueryAttention") == 2 and not (model_dir / ops_library.library_name()).exists()
             continue
         assert ops.count(kv_attention.OP_TYPES[cache]) == 2 and "GroupQueryAttention" not in ops
         assert past.shape.dim[3].dim_value == kv_attention.row_elements(cache, 16)
-        assert kv_attention.is_own_library(model_dir / kv_attention.LIBRARY_NAME)
+        assert ops_library.is_own_library(model_dir / ops_library.library_name())
     per_token = {cache: Engine(model_dir).kv_bytes_per_token for cache, model_dir in models.items()}
     assert per_token == {"float32": 2 * 2 * 2 * 16 * 4, "float16": 2 * 2 * 2 * 16 * 2, "int8": 2 * 2 * 2 * 20}
 
@@ -280,7 +288,7 @@ def test_a_cache_type_keeps_the_logits_of_float32s(library: Path, tiny_checkpoin
     """At precision fp32 (int8's dynamic activation quantization would magnify any difference), the logits stay
     within the cache type's rounding of the float32 cache's. Measured: float16 8e-5 of the largest logit, int8
     1.9e-3."""
-    from ghostls.inference.convert import convert
+    from ghostls.inference.converter.convert import convert
 
     reference = _logits(convert(tiny_checkpoints["starcoder"], precision="fp32", out_root=tmp_path / "float32",
                                 kv_cache="float32"))
@@ -294,11 +302,11 @@ def test_a_model_folder_carries_only_ghostls_own_build(library: Path, tiny_model
     folder = shutil.copytree(tiny_model("starcoder"), tmp_path / "model")
     validate_model_dir(folder)  # the copy of the library ghostls built is accepted
 
-    copy = folder / kv_attention.LIBRARY_NAME
+    copy = folder / ops_library.library_name()
     tampered = bytearray(copy.read_bytes())
     tampered[-1] ^= 0xFF
     copy.write_bytes(bytes(tampered))
-    with pytest.raises(ModelError, match=f"can run code.*{kv_attention.LIBRARY_NAME}"):
+    with pytest.raises(ModelError, match=f"can run code.*{ops_library.library_name()}"):
         validate_model_dir(folder)
 
     copy.unlink()  # named in genai_config.json, absent: onnxruntime would search the system for that name
@@ -319,7 +327,7 @@ def _single_op_session(library: Path, node, inputs: list, outputs: list):
     from onnx import helper
 
     model = helper.make_model(helper.make_graph([node], "op", inputs, outputs), ir_version=10, opset_imports=[
-        helper.make_opsetid("", 21), helper.make_opsetid(kv_attention.DOMAIN, 1)])
+        helper.make_opsetid("", 21), helper.make_opsetid(DOMAIN, 1)])
     options = ort.SessionOptions()
     options.intra_op_num_threads = 2
     options.register_custom_ops_library(str(library))
@@ -337,8 +345,8 @@ def test_gated_silu_is_silu_of_the_gate_times_up_and_the_block_offsets(library: 
     if offsets:
         inputs.append(helper.make_tensor_value_info("weight", T.FLOAT, [n // 32, m]))
         outputs.append(helper.make_tensor_value_info("offsets", T.FLOAT, None))
-    node = helper.make_node(kv_attention.GATED_SILU, [i.name for i in inputs], [o.name for o in outputs],
-                            domain=kv_attention.DOMAIN)
+    node = helper.make_node(gated_silu.OP_TYPE, [i.name for i in inputs], [o.name for o in outputs],
+                            domain=DOMAIN)
     session = _single_op_session(library, node, inputs, outputs)
     rng = np.random.default_rng(3)
     weight = rng.standard_normal((n // 32, m)).astype(np.float32)
@@ -361,7 +369,7 @@ def test_gated_silu_refuses_shapes_it_cannot_read_and_the_session_goes_on(librar
 
     inputs = [helper.make_tensor_value_info(name, T.FLOAT, None) for name in ("gate_up", "w")]
     outputs = [helper.make_tensor_value_info("y", T.FLOAT, None), helper.make_tensor_value_info("o", T.FLOAT, None)]
-    node = helper.make_node(kv_attention.GATED_SILU, ["gate_up", "w"], ["y", "o"], domain=kv_attention.DOMAIN)
+    node = helper.make_node(gated_silu.OP_TYPE, ["gate_up", "w"], ["y", "o"], domain=DOMAIN)
     session = _single_op_session(library, node, inputs, outputs)
     with pytest.raises(InvalidArgument, match="even"):
         session.run(None, {"gate_up": np.zeros((1, 1, 63), np.float32), "w": np.zeros((1, 4), np.float32)})
@@ -380,7 +388,7 @@ def test_folding_small_nodes_keeps_the_logits(library: Path, tiny_checkpoints, t
     input asymmetrically, so the logits move by that quantization's noise."""
     import onnx
 
-    from ghostls.inference.convert import _set_session_options, convert
+    from ghostls.inference.converter.convert import _set_session_options, convert
 
     source = convert(tiny_checkpoints["starcoder"], precision="w8a8", out_root=tmp_path / "source", kv_cache="float32")
     folders = {}
@@ -393,24 +401,24 @@ def test_folding_small_nodes_keeps_the_logits(library: Path, tiny_checkpoints, t
             model.graph.output.append(onnx.helper.make_tensor_value_info(sigmoid.output[0], onnx.TensorProto.FLOAT,
                                                                          None))
         before = len(model.graph.node)
-        counts = kv_attention.fuse_small_nodes(model) if name != "unfolded" else None
+        counts = fuse_small_nodes(model) if name != "unfolded" else None
         ops = [n.op_type for n in model.graph.node]
         if name == "folded":
             # The down projection (int8 blocks, no offsets to add) feeds onnxruntime's norm as it did.
-            assert counts == {kv_attention.INT8_MATMUL: 0, kv_attention.GATED_SILU: 2, kv_attention.SKIP_RMS_NORM: 0}
+            assert counts == {int8_matmul.OP_TYPE: 0, gated_silu.OP_TYPE: 2, skip_rms_norm.OP_TYPE: 0}
             assert before - len(model.graph.node) == 2 * 3
-            assert ops.count(kv_attention.GATED_SILU) == 2 and not {"Sigmoid", "Split"} & set(ops)
+            assert ops.count(gated_silu.OP_TYPE) == 2 and not {"Sigmoid", "Split"} & set(ops)
         elif name == "partly":
-            assert counts == {kv_attention.INT8_MATMUL: 0, kv_attention.GATED_SILU: 1, kv_attention.SKIP_RMS_NORM: 0}
+            assert counts == {int8_matmul.OP_TYPE: 0, gated_silu.OP_TYPE: 1, skip_rms_norm.OP_TYPE: 0}
             assert ops.count("Sigmoid") == 1
         elif name == "int8":
             # Per layer q/k/v, gate|up and o (with its five quantizing nodes and its Mul).
-            assert counts == {kv_attention.INT8_MATMUL: 6, kv_attention.GATED_SILU: 2, kv_attention.SKIP_RMS_NORM: 0}
+            assert counts == {int8_matmul.OP_TYPE: 6, gated_silu.OP_TYPE: 2, skip_rms_norm.OP_TYPE: 0}
             assert before - len(model.graph.node) == 2 * (6 + 3)
             assert ops.count("HalfKvAttention") == 2 and ops.count("SkipSimplifiedLayerNormalization") == 4
             assert not {"DynamicQuantizeMatMul", "MatMulIntegerToFloat", "QuantizeLinear", "Mul"} & set(ops)
         onnx.save_model(model, str(folder / "model.onnx"))
-        _set_session_options(folder / "genai_config.json", custom_ops_library=kv_attention.install(folder, library))
+        _set_session_options(folder / "genai_config.json", custom_ops_library=ops_library.install(folder, library))
     reference = _logits(folders["unfolded"])
     for name in ("folded", "partly"):
         # Measured: 4e-7 of the largest logit (Sigmoid's and the op's e^x round differently).
@@ -429,7 +437,7 @@ def test_skip_rms_norm_is_the_rms_norm_of_the_residual_sum(library: Path, extra:
     names = ["residual", "skip", "gamma", "extra" if extra else ""]
     inputs = [helper.make_tensor_value_info(name, T.FLOAT, None) for name in names if name]
     outputs = [helper.make_tensor_value_info(name, T.FLOAT, None) for name in ("normalized", "sum")]
-    node = helper.make_node(kv_attention.SKIP_RMS_NORM, names, ["normalized", "sum"], domain=kv_attention.DOMAIN,
+    node = helper.make_node(skip_rms_norm.OP_TYPE, names, ["normalized", "sum"], domain=DOMAIN,
                             epsilon=1e-5)
     session = _single_op_session(library, node, inputs, outputs)
     rng = np.random.default_rng(5)
@@ -455,7 +463,7 @@ def test_skip_rms_norm_refuses_shapes_that_do_not_match_and_the_session_goes_on(
     names = ["residual", "skip", "gamma", "extra"]
     inputs = [helper.make_tensor_value_info(name, T.FLOAT, None) for name in names]
     outputs = [helper.make_tensor_value_info("normalized", T.FLOAT, None)]
-    node = helper.make_node(kv_attention.SKIP_RMS_NORM, names, ["normalized"], domain=kv_attention.DOMAIN,
+    node = helper.make_node(skip_rms_norm.OP_TYPE, names, ["normalized"], domain=DOMAIN,
                             epsilon=1e-5)
     session = _single_op_session(library, node, inputs, outputs)
     feeds = {"residual": np.ones((1, 2, 8), np.float32), "skip": np.ones((1, 2, 8), np.float32),
@@ -484,8 +492,8 @@ def test_the_q4_1_down_projections_offsets_are_added_as_the_norm_sums(library: P
              numpy_helper.from_array(rng.standard_normal(h).astype(np.float32), "gamma"),
              numpy_helper.from_array(rng.standard_normal(h).astype(np.float32), "bias")]
     nodes = [
-        helper.make_node(kv_attention.GATED_SILU, ["gate_up", "offsets_weight"], ["y", "offsets"],
-                         domain=kv_attention.DOMAIN),
+        helper.make_node(gated_silu.OP_TYPE, ["gate_up", "offsets_weight"], ["y", "offsets"],
+                         domain=DOMAIN),
         helper.make_node("MatMulNBits", ["y", "q4", "scales"], ["down_q4"], domain="com.microsoft", K=n, N=h, bits=4,
                          block_size=32, accuracy_level=4),
         helper.make_node("Add", ["down_q4", "offsets"], ["down"]),
@@ -499,7 +507,7 @@ def test_the_q4_1_down_projections_offsets_are_added_as_the_norm_sums(library: P
     outputs = [helper.make_tensor_value_info(name, T.FLOAT, None) for name in ("normed", "sum", "normed2")]
     model = helper.make_model(helper.make_graph(nodes, "down", inputs, outputs, inits), ir_version=10, opset_imports=[
         helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1),
-        helper.make_opsetid(kv_attention.DOMAIN, 1)])
+        helper.make_opsetid(DOMAIN, 1)])
 
     def run(graph_model) -> list[np.ndarray]:
         options = ort.SessionOptions()
@@ -510,9 +518,9 @@ def test_the_q4_1_down_projections_offsets_are_added_as_the_norm_sums(library: P
     feeds = {"gate_up": rng.standard_normal((1, 5, 2 * n)).astype(np.float32),
              "residual": rng.standard_normal((1, 5, h)).astype(np.float32)}
     expected = run(model)
-    assert kv_attention.fuse_small_nodes(model)[kv_attention.SKIP_RMS_NORM] == 1
+    assert fuse_small_nodes(model)[skip_rms_norm.OP_TYPE] == 1
     ops = [node.op_type for node in model.graph.node]
-    assert ops == [kv_attention.GATED_SILU, "MatMulNBits", kv_attention.SKIP_RMS_NORM, "Add",
+    assert ops == [gated_silu.OP_TYPE, "MatMulNBits", skip_rms_norm.OP_TYPE, "Add",
                    "SkipSimplifiedLayerNormalization"]
     for got, want in zip(run(model), expected):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
@@ -525,12 +533,12 @@ def _int8_matmul_session(library: Path):
     names = ("x", "weight", "scales", "sums")
     inputs = [helper.make_tensor_value_info(name, kind, None)
               for name, kind in zip(names, (T.FLOAT, T.INT8, T.FLOAT, T.INT32))]
-    node = helper.make_node(kv_attention.INT8_MATMUL, list(names), ["y"], domain=kv_attention.DOMAIN)
+    node = helper.make_node(int8_matmul.OP_TYPE, list(names), ["y"], domain=DOMAIN)
     return _single_op_session(library, node, inputs, [helper.make_tensor_value_info("y", T.FLOAT, None)])
 
 
 def _int8_matmul_feeds(x: np.ndarray, q: np.ndarray, scales: np.ndarray) -> dict[str, np.ndarray]:
-    return {"x": x, "weight": kv_attention.pack_int8_weight(q), "scales": scales,
+    return {"x": x, "weight": int8_matmul.pack_weight(q), "scales": scales,
             "sums": q.astype(np.int32).sum(axis=0, dtype=np.int32)}
 
 
@@ -549,7 +557,7 @@ def test_int8_matmul_is_the_int8_product_of_each_row_quantized(library: Path, ke
     items (16 rows an item, VNNI's row pairs with one left over), a group of tiles cut short (N = 80: four tiles
     and one), a row of zeros; the integer sums are exact in both kernels, so they give the same floats."""
     _ask_for(kernel, monkeypatch)
-    before = kv_attention.kernel_runs(library)
+    before = ops_library.kernel_runs(library)
     session = _int8_matmul_session(library)
     rng = np.random.default_rng(13)
     results = []
@@ -601,7 +609,7 @@ def test_w8a8_matmuls_fold_into_int8_matmul(library: Path) -> None:
     from onnx import TensorProto as T
     from onnx import helper, numpy_helper
 
-    from ghostls.inference.requantize import _quantize_per_token, _write_w8a8
+    from ghostls.inference.converter.requantize import _quantize_per_token, _write_w8a8
 
     k = 64
     rng = np.random.default_rng(17)
@@ -622,7 +630,7 @@ def test_w8a8_matmuls_fold_into_int8_matmul(library: Path) -> None:
     outputs.append(helper.make_tensor_value_info("rows_b", T.UINT8, None))
     model = helper.make_model(helper.make_graph(nodes, "w8a8", inputs, outputs, inits), ir_version=10, opset_imports=[
         helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1),
-        helper.make_opsetid(kv_attention.DOMAIN, 1)])
+        helper.make_opsetid(DOMAIN, 1)])
     feeds = {name: rng.standard_normal((1, 7, k)).astype(np.float32) for name in ("x", "a", "b")}
 
     def run(graph_model) -> list[np.ndarray]:
@@ -632,9 +640,9 @@ def test_w8a8_matmuls_fold_into_int8_matmul(library: Path) -> None:
         return session.run(None, feeds)
 
     before = run(model)
-    assert kv_attention.fuse_small_nodes(model)[kv_attention.INT8_MATMUL] == 2
+    assert fuse_small_nodes(model)[int8_matmul.OP_TYPE] == 2
     ops = [node.op_type for node in model.graph.node]
-    assert ops.count(kv_attention.INT8_MATMUL) == 2 and ops.count("DynamicQuantizeMatMul") == 1
+    assert ops.count(int8_matmul.OP_TYPE) == 2 and ops.count("DynamicQuantizeMatMul") == 1
     assert ops.count("MatMulIntegerToFloat") == 1 and ops.count("QuantizeLinear") == 1  # b's
     after = run(model)
     for i, name in enumerate(("tensor", "token", "odd", "read")):

@@ -8,7 +8,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from ghostls.inference import requantize as rq
+from ghostls.inference.converter import requantize as rq
 
 K, N, T = 96, 40, 5
 

@@ -400,7 +400,8 @@ def _eval(args) -> int:
 
 
 def _model_convert(args) -> int:
-    from ghostls.inference import convert, embedded
+    from ghostls.inference import embedded
+    from ghostls.inference.converter import convert
     from ghostls.inference.cache import ModelError
 
     bar = ProgressBar()

@@ -3,7 +3,7 @@
 // A decoder layer ends each half with `residual + projection` and an RMS norm of that sum. In Q4_1 models the
 // down projection is still one node short of done there: it leaves its offsets to an Add (requantize.py). This
 // op adds them as it sums, so that node does not run (each node a decode step runs costs it microseconds of its
-// own: docs/benchmarks.md, session 9).
+// own: docs/benchmarks.md).
 //   input 0   residual     float [..., h]
 //   input 1   skip         float [..., h]
 //   input 2   gamma        float [h]

@@ -2,7 +2,7 @@
 
 Owns the model cache's write side: a model appears whole (built in a temp folder, then renamed) or not at all.
 Imports torch and transformers only inside the functions that convert; the server runs this module as a
-subprocess (`python -m ghostls.inference.convert SRC --json-progress`) and must never import them itself.
+subprocess (`python -m ghostls.inference.converter.convert SRC --json-progress`) and must never import them itself.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from ghostls.inference.cache import (
 )
 from ghostls.inference.fim import detect_template, tokens_of_tokenizer_json
 
-# "native" keeps a GGUF file's own blocks exactly (Q4_1 as 4-bit, Q8_0 as 8-bit; inference/requantize.py) and
+# "native" keeps a GGUF file's own blocks exactly (Q4_1 as 4-bit, Q8_0 as 8-bit; requantize.py) and
 # quantizes any other weight to int8; "w8a8" is native with the projections after a norm or attention as int8
 # weights against int8 activations (CPU only: onnxruntime's u8s8 GEMM); the others are onnxruntime-genai's
 # builder precisions.
@@ -49,18 +49,16 @@ _CALIBRATION_MODULES = ("os", "functools", "typing")
 _CALIBRATION_TOKENS = 768
 EXECUTION_PROVIDERS = ("cpu", "cuda")
 # The KV cache's type on the CPU. "float16" and "int8" swap onnxruntime's GroupQueryAttention (a float32 cache on
-# the CPU) for ghostls's own op over that cache (inference/kv_attention.py): a half or about a quarter of the
+# the CPU) for ghostls's own op over that cache (ops/kv_attention.py): a half or about a quarter of the
 # bytes a decode step reads per token of context. "auto" means int8 for a GGUF (measured on the embedded model:
 # logits as close to the float reference as float32's cache, docs/benchmarks.md) and float16 for a checkpoint
 # (int8 keys are untried on models with outlying key channels, as Qwen2's), where the ops build and the model's
 # attention is one they stand in for; float32 otherwise.
 KV_CACHES = ("int8", "float16", "float32")
-STAGES = ("reading GGUF", "writing safetensors", "building ONNX", "requantizing", "finalizing")
 # Options for onnxruntime-genai's builder. prune_lm_head computes logits for the last position only: a
 # completion never needs the others, and the LM head over every prompt token is a fifth of a small
 # model's prefill. RECIPE names this set and what the converter does after the builder: bump it when they
-# change, and cached models are converted again (4: the float16 KV cache op; 5: int8 for a GGUF; 6: small
-# nodes folded into ghostls's ops; 7: W8A8 MatMuls as Int8MatMul; 8: SkipRmsNorm without skip_scale).
+# change, and cached models are converted again.
 BUILDER_OPTIONS = ("prune_lm_head=true",)
 RECIPE = 8
 # Files of a Hugging Face checkpoint the converter may read: weights, configs, tokenizer data. Everything else
@@ -305,8 +303,8 @@ def _build_onnx(checkpoint: Path, out: Path, precision: str, provider: str, tmp:
 
 def _requantize(fp32: Path, out: Path, report: Progress, calibrate: bool = False) -> dict[str, int]:
     """The float32 build with its MatMul weights as MatMulNBits blocks (the GGUF's own where they are exact);
-    with `calibrate`, the projections w8a8 takes as smoothed int8 (inference/requantize.py)."""
-    from ghostls.inference.requantize import rewrite_file
+    with `calibrate`, the projections w8a8 takes as smoothed int8 (requantize.py)."""
+    from ghostls.inference.converter.requantize import rewrite_file
 
     report("requantizing", 0.0)
     out.mkdir()
@@ -326,18 +324,18 @@ def _requantize(fp32: Path, out: Path, report: Progress, calibrate: bool = False
 
 def _use_kv_attention(model_dir: Path, kv_cache: str, execution_provider: str, is_gguf: bool) -> str:
     """Swap in ghostls's attention op for the KV cache type asked for, where possible, and fold the small nodes
-    around it into ghostls's ops; returns the KV cache type the model ends with. "auto" keeps float32 where the op cannot be had (saying why on stderr); an explicit type not met is
-    an error."""
+    around it into ghostls's ops; returns the KV cache type the model ends with. "auto" keeps float32 where the
+    op cannot be had (saying why on stderr); an explicit type not met is an error."""
     import onnx
 
-    from ghostls.inference import kv_attention
+    from ghostls.inference.converter.ops import fuse_small_nodes, kv_attention, library
 
     wanted = ("int8" if is_gguf else "float16") if kv_cache == AUTO else kv_cache
     model = onnx.load(str(model_dir / MODEL_FILE), load_external_data=False)  # the graph; weights stay on disk
     if wanted != "float32" and execution_provider == "cpu" and _kv_cache_type(model) == "float32":
         head_size = json.loads((model_dir / GENAI_CONFIG).read_text(encoding="utf-8"))["model"]["decoder"]["head_size"]
         try:
-            library = kv_attention.build()
+            built_library = library.build()
         except ModelError as e:
             if kv_cache != AUTO:
                 raise
@@ -346,12 +344,12 @@ def _use_kv_attention(model_dir: Path, kv_cache: str, execution_provider: str, i
             if kv_attention.swap_attention(model, head_size, wanted):
                 # The folds repack W8A8 weights: all of them are read in, and written out anew.
                 onnx.load_external_data_for_model(model, str(model_dir))
-                kv_attention.fuse_small_nodes(model)
+                fuse_small_nodes(model)
                 (model_dir / MODEL_DATA_FILE).unlink(missing_ok=True)
                 onnx.save_model(model, str(model_dir / MODEL_FILE), save_as_external_data=True,
                                 all_tensors_to_one_file=True, location=MODEL_DATA_FILE, size_threshold=1024)
                 _set_session_options(model_dir / GENAI_CONFIG,
-                                     custom_ops_library=kv_attention.install(model_dir, library))
+                                     custom_ops_library=library.install(model_dir, built_library))
             elif kv_cache != AUTO:
                 raise ModelError(
                     "this model's attention is not one ghostls's KV cache op stands in for (it takes packed "
@@ -511,7 +509,7 @@ def convert_in_subprocess(
 ) -> Path:
     """Run `convert` in a child Python (so torch never loads here), relaying its progress events."""
     cmd = [
-        sys.executable, "-m", "ghostls.inference.convert", str(src),
+        sys.executable, "-m", "ghostls.inference.converter.convert", str(src),
         "--precision", precision, "--execution-provider", execution_provider, "--kv-cache", kv_cache,
         "--json-progress",
     ]
@@ -555,7 +553,7 @@ def convert_in_subprocess(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m ghostls.inference.convert",
+        prog="python -m ghostls.inference.converter.convert",
         description="Convert a Hugging Face checkpoint folder or a .gguf file into a ghostls ONNX model.",
     )
     parser.add_argument("src", type=Path, help="checkpoint folder (config.json + *.safetensors) or .gguf file")

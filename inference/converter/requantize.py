@@ -25,7 +25,7 @@ on a CPU without VNNI, and one node replaces the 4-bit kernel, its offsets MatMu
 lose small models (a few input channels are much larger than the rest), so the channels are first evened out,
 SmoothQuant-style: x / s into the norm's weight, W * s into the MatMul's, with s from the activation
 maxima of one calibration pass (`activation_maxima`, `smooth`). The MLP's down projection, whose input no norm
-precedes and whose per-token error was the largest measured, keeps its blocks (docs/benchmarks.md, session 7).
+precedes and whose per-token error was the largest measured, keeps its blocks (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -43,8 +43,8 @@ MS_DOMAIN = "com.microsoft"
 # The RMS norms whose output a W8A8 MatMul may read: op type -> index of the norm's weight (gamma) input.
 RMS_NORMS = {"SimplifiedLayerNormalization": 1, "SkipSimplifiedLayerNormalization": 2}
 # SmoothQuant's migration strength: s = amax(x)^alpha / amax(W)^(1 - alpha) per input channel. Chosen on the
-# embedded model among 0.5-0.85 (session 7): 0.6 gave the most leading greedy tokens and the smallest worst KL
-# of 0.6 / 0.7 / 0.8 (the median KLs were within the measurement's noise).
+# embedded model among 0.5-0.85: 0.6 gave the most leading greedy tokens and the smallest worst KL of
+# 0.6 / 0.7 / 0.8 (the median KLs were within the measurement's noise).
 SMOOTHING_ALPHA = 0.6
 W8A8 = "w8a8"  # `rewrite`'s mark for a MatMul that becomes W8A8
 
@@ -55,9 +55,9 @@ class W8A8Input:
 
     norm_weight: str | None  # the norm weight its smoothing folds into; None: not smoothed
     # An RMS norm's output: one int8 scale for all its tokens (DynamicQuantizeMatMul, one node instead of the
-    # per-token path's seven). The norm bounds each token's row, so that costs little (session 7,
-    # bench/logits_kl.py: KL 0.0103 / 0.0049 / 0.0064 against 0.0083 / 0.0042 / 0.0083 per token) and prefill
-    # took 8-12% less time in two short A/B runs; attention's output has no such bound and is scaled per token.
+    # per-token path's seven). The norm bounds each token's row, so that costs little (bench/logits_kl.py: KL
+    # 0.0103 / 0.0049 / 0.0064 against 0.0083 / 0.0042 / 0.0083 per token) and prefill took 8-12% less time in
+    # two short A/B runs; attention's output has no such bound and is scaled per token.
     per_tensor: bool
 
 
@@ -161,7 +161,7 @@ def rewrite(model, accuracy_level: int = 4, w8a8: dict[str, np.ndarray | None] |
         plans[index] = (weight, recover_q4_1(blocks_of(numpy_helper.to_array(weight))))
     # Q4_1 MatMuls that read the same input (an MLP's gate and up projections) become one MatMulNBits with their
     # outputs side by side, then a Split: one kernel call, one offsets MatMul and one Add instead of one each
-    # (fewer small nodes a decode step; docs/benchmarks.md, session 6).
+    # (fewer small nodes a decode step; docs/benchmarks.md).
     # W8A8 MatMuls that read the same input are grouped the same way, into one quantized MatMul.
     groups: dict[tuple[str, int, bool], list[int]] = {}
     for index, (weight, q4) in plans.items():

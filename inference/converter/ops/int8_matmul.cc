@@ -5,8 +5,8 @@
 // the five nodes quantizing its input per token and the Mul after it). A decode step multiplies one row by each
 // weight, so it is a matrix-vector product bound by reading the weights: in onnxruntime's u8s8 GEMM that read ran
 // at 12-14 GB/s on this repository's 2-core test machine, where these kernels, stand-alone, read 20 (AVX2) and
-// 26 GB/s (AVX-512 VNNI), and in the model decode got 1.23x faster (docs/benchmarks.md, session 10). The weights
-// come packed for those kernels (kv_attention.py's `pack_int8_weight`): tiles of 16 output columns, each tile
+// 26 GB/s (AVX-512 VNNI), and in the model decode got 1.23x faster (docs/benchmarks.md). The weights
+// come packed for those kernels (int8_matmul.py's `pack_weight`): tiles of 16 output columns, each tile
 // [K / 4][16][4], so one 64-byte load holds four consecutive input rows of 16 columns, which is what one VNNI
 // instruction (or two AVX2 ymm) multiplies by a broadcast of four activation bytes.
 //   input 0   x        float [..., K]

@@ -3,7 +3,7 @@
 // Replaces, per decoder layer, the Split of the fused gate|up MatMul's output, Sigmoid, two Muls and (with the
 // offsets weight) the Reshape, ReduceSum and MatMul of requantize.py's Q4_1 offsets: six nodes onnxruntime runs
 // one after another on a few thousand floats each, where each node's own cost, not its arithmetic, is what a
-// decode step pays (docs/benchmarks.md, session 9).
+// decode step pays (docs/benchmarks.md).
 //   input 0   gate|up   float [..., 2n]   the gate's n columns, then the up projection's
 //   input 1   offsets   float [n / 32, m] optional: R of requantize.py's `x @ W = MatMulNBits(x) + blocksum(x) @ R`
 //   output 0  y         float [..., n]    silu(gate) * up = gate * up / (1 + e^-gate)

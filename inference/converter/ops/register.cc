@@ -38,7 +38,7 @@ std::atomic<uint64_t> kernel_runs[ghostls::kKernelCount];
 void ghostls::CountRun(Kernel kernel) { kernel_runs[kernel].fetch_add(1, std::memory_order_relaxed); }
 
 // The name of kernel `index` ("Int8MatMul.avx512vnni", ...), nullptr past the last: with GhostlsKernelRuns, how
-// the tests read which kernels ran (inference/kv_attention.py `kernel_runs`).
+// the tests read which kernels ran (library.py `kernel_runs`).
 extern "C" __attribute__((visibility("default"))) const char* GhostlsKernelName(int index) {
   return index >= 0 && index < ghostls::kKernelCount ? ghostls::kKernelNames[index] : nullptr;
 }
