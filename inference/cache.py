@@ -61,8 +61,7 @@ class ModelManifest:
     # quantized ("int8 absmax", "w8a8"); empty for the builder's precisions.
     weights: dict[str, int] = field(default_factory=dict)
     # "int8" or "float16": attention is ghostls's own op over that cache (inference/converter/ops/), its library
-    # copied into the folder; "float32": onnxruntime's GroupQueryAttention (and the default for a manifest that
-    # does not say).
+    # copied into the folder; "float32": onnxruntime's GroupQueryAttention, as for a manifest without this field.
     kv_cache: str = "float32"
 
     def to_json(self) -> str:
@@ -136,7 +135,7 @@ def unsafe_files(model_dir: Path) -> list[Path]:
     ghostls built from its own source (inference/converter/ops/library.py) at the folder's top."""
     from ghostls.inference.converter.ops import library
 
-    own = Path(model_dir) / library.library_name()
+    own = Path(model_dir) / library.LIBRARY_NAME
     return sorted(
         p for p in Path(model_dir).rglob("*")
         if p.is_file() and p.name.lower().endswith(PICKLE_SUFFIXES + LIBRARY_SUFFIXES)
@@ -163,7 +162,7 @@ def validate_model_dir(model_dir: Path, *, check_hash: bool = True) -> ModelMani
     """
     from ghostls.inference.converter.ops import library
 
-    own_library = library.library_name()
+    own_library = library.LIBRARY_NAME
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise ModelError(f"model folder {model_dir} does not exist")

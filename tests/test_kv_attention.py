@@ -273,11 +273,11 @@ def test_conversion_swaps_in_the_op_for_each_cache_type(library: Path, tiny_chec
         ops = [n.op_type for n in graph.node]
         past = next(v for v in graph.input if v.name == "past_key_values.0.key").type.tensor_type
         if cache == "float32":
-            assert ops.count("GroupQueryAttention") == 2 and not (model_dir / ops_library.library_name()).exists()
+            assert ops.count("GroupQueryAttention") == 2 and not (model_dir / ops_library.LIBRARY_NAME).exists()
             continue
         assert ops.count(kv_attention.OP_TYPES[cache]) == 2 and "GroupQueryAttention" not in ops
         assert past.shape.dim[3].dim_value == kv_attention.row_elements(cache, 16)
-        assert ops_library.is_own_library(model_dir / ops_library.library_name())
+        assert ops_library.is_own_library(model_dir / ops_library.LIBRARY_NAME)
     per_token = {cache: Engine(model_dir).kv_bytes_per_token for cache, model_dir in models.items()}
     assert per_token == {"float32": 2 * 2 * 2 * 16 * 4, "float16": 2 * 2 * 2 * 16 * 2, "int8": 2 * 2 * 2 * 20}
 
@@ -302,11 +302,11 @@ def test_a_model_folder_carries_only_ghostls_own_build(library: Path, tiny_model
     folder = shutil.copytree(tiny_model("starcoder"), tmp_path / "model")
     validate_model_dir(folder)  # the copy of the library ghostls built is accepted
 
-    copy = folder / ops_library.library_name()
+    copy = folder / ops_library.LIBRARY_NAME
     tampered = bytearray(copy.read_bytes())
     tampered[-1] ^= 0xFF
     copy.write_bytes(bytes(tampered))
-    with pytest.raises(ModelError, match=f"can run code.*{ops_library.library_name()}"):
+    with pytest.raises(ModelError, match=f"can run code.*{ops_library.LIBRARY_NAME}"):
         validate_model_dir(folder)
 
     copy.unlink()  # named in genai_config.json, absent: onnxruntime would search the system for that name

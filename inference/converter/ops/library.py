@@ -21,13 +21,13 @@ from ghostls.inference.cache import ModelError, models_root, sha256_file
 
 SOURCE_DIR = Path(__file__).parent
 DESCRIPTION = SOURCE_DIR / "build.toml"
+LIBRARY_NAME = "libghostls_ops.so"  # the copy's name inside a model folder
 
 
 @dataclass(frozen=True)
 class BuildDescription:
     """build.toml, read."""
 
-    name: str
     sources: tuple[str, ...]
     headers: tuple[str, ...]
     compilers: tuple[str, ...]
@@ -39,26 +39,17 @@ class BuildDescription:
     headers_deb: str
     headers_sha256: str
 
-    @property
-    def library_name(self) -> str:
-        """The copy's name inside a model folder."""
-        return f"{self.name}.so"
-
 
 @functools.cache
 def description() -> BuildDescription:
+    """build.toml's contents (read once)."""
     data = tomllib.loads(DESCRIPTION.read_text(encoding="utf-8"))
     library, compiler, target, ort = data["library"], data["compiler"], data["target"], data["onnxruntime"]
     return BuildDescription(
-        name=library["name"], sources=tuple(library["sources"]), headers=tuple(library["headers"]),
-        compilers=tuple(compiler["commands"]), flags=tuple(compiler["flags"]), system=target["system"],
-        machines=tuple(target["machines"]), cpu_features=tuple(target["cpu_features"]),
-        onnxruntime_version=ort["version"], headers_deb=ort["headers_deb"], headers_sha256=ort["headers_sha256"])
-
-
-def library_name() -> str:
-    """The library's name inside a model folder, which genai_config.json's custom_ops_library gives."""
-    return description().library_name
+        sources=tuple(library["sources"]), headers=tuple(library["headers"]), compilers=tuple(compiler["commands"]),
+        flags=tuple(compiler["flags"]), system=target["system"], machines=tuple(target["machines"]),
+        cpu_features=tuple(target["cpu_features"]), onnxruntime_version=ort["version"],
+        headers_deb=ort["headers_deb"], headers_sha256=ort["headers_sha256"])
 
 
 def native_root() -> Path:
@@ -73,7 +64,7 @@ def library_path() -> Path:
     for name in sorted(spec.sources + spec.headers):
         digest.update(name.encode() + b"\0" + (SOURCE_DIR / name).read_bytes())
     key = digest.hexdigest()[:16]
-    return native_root() / f"{spec.name}-{key}.so"
+    return native_root() / f"{Path(LIBRARY_NAME).stem}-{key}.so"
 
 
 def unavailable_reason() -> str | None:
@@ -197,8 +188,8 @@ def is_own_library(path: Path) -> bool:
 def install(model_dir: Path, library: Path) -> str:
     """Put the library's copy into the model folder; returns the name genai_config.json's custom_ops_library must
     give it (onnxruntime-genai loads custom ops only from inside the model folder)."""
-    shutil.copy2(library, model_dir / library_name())
-    return library_name()
+    shutil.copy2(library, model_dir / LIBRARY_NAME)
+    return LIBRARY_NAME
 
 
 def kernel_runs(library: Path) -> dict[str, int]:
