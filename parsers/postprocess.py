@@ -241,6 +241,9 @@ def _cut(
 # running: small models loop like this until the token limit. Only units of words count (see _loop_unit).
 _LOOP_IN_LINE = re.compile(r"([^\n]{4,60}?)\1\1")
 _LOOP_LINES = 3
+# A block of 2 to this many lines written twice running is a loop too (an "if" and its body, again): code does
+# not repeat a whole block verbatim, and two copies suffice where a single line needs three.
+_LOOP_BLOCK_LINES = 6
 
 
 def _cut_loop(text: str, *, final: bool) -> str | None:
@@ -250,13 +253,20 @@ def _cut_loop(text: str, *, final: bool) -> str | None:
     was not there one token ago must end, and its answer means only "found" (the cut is made at the end). The last
     line may still be growing then; a loop in it counts all the same, since three copies are already written."""
     if not final:
-        text = text[-(_LOOP_LINES * 64 + 64):]
+        text = text[-(2 * _LOOP_BLOCK_LINES * 80 + 80):]
     lines = text.split("\n")
-    complete = lines if final else lines[:-1]
-    for i in range(_LOOP_LINES - 1, len(complete)):
-        line = complete[i].rstrip()  # indentation counts: nested "done" / "end" lines differ in it
-        if _loop_unit(line) and all(complete[i - k].rstrip() == line for k in range(1, _LOOP_LINES)):
+    complete = [line.rstrip() for line in (lines if final else lines[:-1])]  # indentation counts: nested
+    for i in range(_LOOP_LINES - 1, len(complete)):  # "done" / "end" lines differ in it
+        line = complete[i]
+        if _loop_unit(line) and all(complete[i - k] == line for k in range(1, _LOOP_LINES)):
             return "\n".join(lines[: i - _LOOP_LINES + 2])
+    # Blocks compare without indentation: the first line of an answer has none (the cursor's is in the prompt).
+    stripped = [line.lstrip() for line in complete]
+    for end in range(4, len(stripped) + 1):  # the first block whose second copy ends at line `end`
+        for size in range(2, min(_LOOP_BLOCK_LINES, end // 2) + 1):
+            block = stripped[end - 2 * size : end - size]
+            if block == stripped[end - size : end] and sum(1 for line in block if _loop_unit(line)) >= 2:
+                return "\n".join(lines[: end - size])
     for match in _LOOP_IN_LINE.finditer(text):
         if _loop_unit(match.group(1)):
             return text[: match.start() + len(match.group(1))]
@@ -399,6 +409,8 @@ def _syntax_place(snapshot: DocumentSnapshot, offset: int, cursor: _Cursor) -> s
                 return "comment"
         if node.type in rules.argument_nodes and inside:
             return "arguments"
+        if node.type in rules.block_nodes and inside:
+            return None  # among a block's statements, even in a callback passed as an argument
         node = node.parent
     # Broken code the parser could not place (an unclosed call): fall back to the line's own brackets.
     return "arguments" if _open_brackets(cursor.before) else None
