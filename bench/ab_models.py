@@ -3,7 +3,7 @@ greedy tokens agree. For graph edits whose gain is a few percent, which a run pe
 noisy two-core machine.
 
 Rounds alternate the order ABBA / BAAB: with a fixed order, whichever model ran second decoded 10-12% quicker in
-both orders of one pair of session-6 runs, an effect a fixed order hands to one of them. Each run is a cold prefill of
+both orders of one pair of runs, an effect a fixed order hands to one of them. Each run is a cold prefill of
 --prompt-tokens tokens of a real source file and --steps greedy decode steps, through onnxruntime-genai as the
 Engine drives it; the paired ratios compare the runs of one round.
 

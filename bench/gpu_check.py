@@ -2,7 +2,8 @@
 
 Builds a Qwen2-architecture checkpoint with random weights from a config (weights do not change speed),
 converts it with onnxruntime-genai's builder exactly as ghostls's converter does, then measures time to
-first token for 1,000-token prompts, 16-token completions, and decode tokens/s. The roofline is the
+first token for 1,000-token prompts, 16-token completions, and decode tokens/s, beside transformers' generate on
+the same weights in the same run (the peer), and with CUDA graphs on as well as off. The roofline is the
 memory-bandwidth limit of decoding: every new token reads every weight once, so
 tokens/s ≤ bandwidth / weight bytes. Without a GPU it runs the same steps on the CPU with a small config,
 so the script is known to work before GPU minutes are spent.
@@ -46,29 +47,36 @@ def build_checkpoint(size: str, out: Path) -> Path:
         return out
     config = Qwen2Config(**CONFIGS[size], max_position_embeddings=4096, rope_theta=1e6, torch_dtype="float16")
     torch.manual_seed(0)
-    model = Qwen2ForCausalLM(config).to(torch.float16)
+    # Random initialisation of 1.5B parameters takes about a minute on the CPU and a second on the GPU.
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    with torch.device(device):
+        model = Qwen2ForCausalLM(config).to(torch.float16)
     model.save_pretrained(out, safe_serialization=True)
     return out
 
 
-def build_onnx(checkpoint: Path, out: Path, precision: str, provider: str) -> Path:
+def build_onnx(checkpoint: Path, outs: dict[str, Path], provider: str) -> None:
+    """Convert the checkpoint once per precision (outs: precision -> folder), the builders side by side."""
     try:
         from ghostls.inference.converter.convert import BUILDER_OPTIONS
     except ImportError:  # the GPU machine runs this file from a bare copy of the tree, ghostls not installed
         BUILDER_OPTIONS = ("prune_lm_head=true",)
 
-    if (out / "genai_config.json").is_file():
-        return out
-    cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(checkpoint), "-o", str(out),
-           "-p", precision, "-e", provider, "-c", str(out.parent / f"cache-{out.name}"),
-           "--extra_options", "hf_token=false", *BUILDER_OPTIONS]
-    log = out.parent / f"{out.name}.log"
-    with open(log, "wb") as f:
-        rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1"}).returncode
-    if rc != 0:
-        raise SystemExit(f"builder failed for {precision}/{provider}; see {log}")
-    return out
+    running = {}
+    for precision, out in outs.items():
+        if (out / "genai_config.json").is_file():
+            continue
+        cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(checkpoint), "-o", str(out),
+               "-p", precision, "-e", provider, "-c", str(out.parent / f"cache-{out.name}"),
+               "--extra_options", "hf_token=false", *BUILDER_OPTIONS]
+        log = out.parent / f"{out.name}.log"
+        with open(log, "wb") as f:
+            running[precision] = (subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT,
+                                                   env={**os.environ, "HF_HUB_OFFLINE": "1"}), log)
+    for precision, (process, log) in running.items():
+        if process.wait() != 0:
+            print(log.read_text(errors="replace")[-4000:], file=sys.stderr)
+            raise SystemExit(f"builder failed for {precision}/{provider}; see {log}")
 
 
 def session_providers(model_dir: Path, provider: str) -> list[str]:
@@ -82,14 +90,17 @@ def session_providers(model_dir: Path, provider: str) -> list[str]:
     return session.get_providers()
 
 
-def measure(model_dir: Path, provider: str, prompt_tokens: int, new_tokens: int, runs: int) -> dict:
+def measure(model_dir: Path, provider: str, prompt_tokens: int, new_tokens: int, runs: int,
+            cuda_graph: bool = False) -> dict:
     import numpy as np
     import onnxruntime_genai as og
 
     config = og.Config(str(model_dir))
     config.clear_providers()
     if provider == "cuda":
-        config.append_provider("cuda")
+        config.append_provider("cuda")  # what ghostls's engine does
+        if cuda_graph:  # one replayed graph per decode step instead of a launch per kernel
+            config.set_provider_option("cuda", "enable_cuda_graph", "1")
     else:
         config.overlay(json.dumps({"model": {"decoder": {"session_options": {
             "intra_op_num_threads": len(os.sched_getaffinity(0))}}}}))
@@ -118,6 +129,39 @@ def measure(model_dir: Path, provider: str, prompt_tokens: int, new_tokens: int,
             "decode_tps_p50": statistics.median(decode), "weight_bytes": weights}
 
 
+def measure_transformers(checkpoint: Path, provider: str, prompt_tokens: int, new_tokens: int, runs: int) -> dict:
+    """The peer in the same run: transformers' greedy generate on the same weights (fp16 on CUDA, float32 on
+    the CPU). Time to first token is a one-token generate; decode speed comes from the difference to the whole."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    device = "cuda" if provider == "cuda" else "cpu"
+    dtype = torch.float16 if device == "cuda" else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=dtype).to(device).eval()
+    generator = torch.Generator().manual_seed(0)
+
+    def generate(ids, n: int) -> float:
+        if device == "cuda":
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        with torch.inference_mode():
+            model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n,
+                           do_sample=False, pad_token_id=0)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - started
+
+    ttft, total = [], []
+    for run in range(runs + 1):  # the first run warms up and is not counted
+        ids = torch.randint(10, model.config.vocab_size - 10, (1, prompt_tokens), generator=generator).to(device)
+        first, whole = generate(ids, 1), generate(ids, new_tokens)
+        if run:
+            ttft.append(first)
+            total.append(whole)
+    return {"ttft_ms_p50": 1000 * statistics.median(ttft), "total_ms_p50": 1000 * statistics.median(total),
+            "decode_tps_p50": (new_tokens - 1) / (statistics.median(total) - statistics.median(ttft))}
+
+
 def bandwidth_gbs(provider: str) -> tuple[float, str]:
     """The memory bandwidth decoding is bounded by: the card's figure, or a measured copy on the CPU."""
     if provider == "cuda":
@@ -133,6 +177,16 @@ def bandwidth_gbs(provider: str) -> tuple[float, str]:
     b = np.empty_like(a)
     best = min(_timed(lambda: np.copyto(b, a)) for _ in range(5))
     return 2 * a.nbytes / best / 1e9, "CPU (measured copy, read + write)"
+
+
+def product_provider_choice() -> str:
+    """What ghostls's own start-up probe chooses here (the GPU machine imports it from a bare tree)."""
+    try:
+        from ghostls.inference.provider import choose_provider
+    except ImportError as exc:
+        return f"ghostls not importable: {exc}"
+    choice = choose_provider("auto")
+    return f"{choice.name}: {choice.reason}"
 
 
 def _timed(fn) -> float:
@@ -160,10 +214,14 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     checkpoint = build_checkpoint(size, work / f"qwen2-{size}-hf")
     gbs, device = bandwidth_gbs(provider)
-    report = {"device": device, "provider": provider, "size": size, "bandwidth_gbs": gbs, "results": {}}
+    report = {"device": device, "provider": provider, "size": size, "bandwidth_gbs": gbs,
+              "ghostls_provider_choice": product_provider_choice(), "results": {}}
     failed = False
-    for precision in precisions:
-        model_dir = build_onnx(checkpoint, work / f"qwen2-{size}-{precision}-{provider}", precision, provider)
+    model_dirs = {precision: work / f"qwen2-{size}-{precision}-{provider}" for precision in precisions}
+    started = time.perf_counter()
+    build_onnx(checkpoint, model_dirs, provider)
+    report["build_s"] = round(time.perf_counter() - started, 1)
+    for precision, model_dir in model_dirs.items():
         providers = session_providers(model_dir, provider)
         really = "CUDAExecutionProvider" in providers if provider == "cuda" else True
         failed |= not really
@@ -173,9 +231,21 @@ def main(argv: list[str] | None = None) -> int:
             roofline_tps = gbs * 1e9 / row["weight_bytes"]
             row["roofline_tps"] = roofline_tps
             row["roofline_fraction"] = row["decode_tps_p50"] / roofline_tps
+            if provider == "cuda":  # what CUDA graphs would give, for the choice of the engine's options
+                try:
+                    graph = measure(model_dir, provider, args.prompt_tokens, args.new_tokens, args.runs, True)
+                    row["cuda_graph"] = {**graph, "roofline_fraction": graph["decode_tps_p50"] / roofline_tps}
+                except Exception as exc:  # noqa: BLE001 - reported, the plain figures stand
+                    row["cuda_graph"] = {"error": str(exc).splitlines()[0] if str(exc) else repr(exc)}
         report["results"][precision] = row
         print(f"{precision}: " + ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}"
                                            for k, v in row.items()), flush=True)
+    peer = measure_transformers(checkpoint, provider, args.prompt_tokens, args.new_tokens, args.runs)
+    report["peer_transformers"] = peer
+    for row in report["results"].values():  # how many times quicker than the peer, 16 tokens end to end
+        if "total_ms_p50" in row:
+            row["total_speedup_vs_transformers"] = peer["total_ms_p50"] / row["total_ms_p50"]
+    print("transformers: " + ", ".join(f"{k} {v:.3g}" for k, v in peer.items()), flush=True)
     if provider == "cuda" or has_gpu():
         report["targets"] = {"p50_under_25ms": {p: r.get("total_ms_p50", 1e9) < 25 for p, r in report["results"].items()},
                              "decode_at_least_60pct_roofline": {p: r.get("roofline_fraction", 0) >= 0.6

@@ -13,7 +13,6 @@ import inspect
 import platform
 import statistics
 import sys
-import time
 
 from ghostls.inference import embedded
 from ghostls.inference.converter import convert

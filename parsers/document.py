@@ -99,10 +99,6 @@ class DocumentSnapshot:
         """Utf-8 byte offset for a str offset; O(offset), only worth calling on documents that have a tree."""
         return len(_encode(self.text[:offset]))
 
-    def str_offset(self, byte_offset: int) -> int:
-        """Str offset for a utf-8 byte offset (from a tree node)."""
-        return len(self.source[:byte_offset].decode("utf-8", "surrogatepass"))
-
     def line_count(self) -> int:
         return len(self.line_starts)
 

@@ -199,10 +199,6 @@ class SymbolIndex:
         with self._lock:
             return len(self._by_file), sum(len(d) for d in self._by_file.values()), sum(self._sizes.values())
 
-    def has(self, key: str) -> bool:
-        with self._lock:
-            return key in self._by_file
-
 
 class IndexWorker:
     """One daemon thread that scans workspace folders and re-indexes changed files and documents.

@@ -35,6 +35,7 @@ class LanguageRules:
     import_nodes: frozenset[str] = frozenset()
     scope_nodes: frozenset[str] = frozenset()
     argument_nodes: frozenset[str] = frozenset()
+    block_nodes: frozenset[str] = frozenset()
 
 
 PLAINTEXT = LanguageRules(name="plaintext", language_ids=("plaintext",), extensions=(".txt",))
@@ -58,6 +59,7 @@ def _rules_from_table(name: str, table: dict) -> LanguageRules:
         import_nodes=frozenset(table.get("import_nodes", [])),
         scope_nodes=frozenset(table.get("scope_nodes", [])),
         argument_nodes=frozenset(table.get("argument_nodes", [])),
+        block_nodes=frozenset(table.get("block_nodes", [])),
     )
 
 

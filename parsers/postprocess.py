@@ -7,8 +7,9 @@ Must never raise on broken code or model output, and never know about models or 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import tree_sitter
 
@@ -19,6 +20,7 @@ MAX_LINES = 12
 
 _OPENERS = "([{"
 _CLOSERS = ")]}"
+_MATCH = dict(zip(_CLOSERS, _OPENERS))
 _QUOTES = "\"'`"
 # Text after the cursor made only of these does not make the cursor "middle of line": it is what the editor
 # auto-closed, and the completion is written in front of it.
@@ -208,28 +210,17 @@ def _cut(
                 return "\n".join(lines[: i + 1]), "closed the block", True
             return "\n".join(lines[:i]), "dedent", True
 
-        # Brackets: a closer that takes the nesting below the cursor's level ends the block we are in.
-        quote: str | None = None  # strings rarely span lines in completions; per line keeps a stray quote local
-        for j, ch in enumerate(line):
-            if quote:
-                if ch == quote and (j == 0 or line[j - 1] != "\\"):
-                    quote = None
-                continue
-            if ch in _QUOTES:
-                quote = ch
-            elif cursor.line_comment and line.startswith(cursor.line_comment, j):
-                break
-            elif ch in _OPENERS:
-                depth += 1
-            elif ch in _CLOSERS:
-                depth -= 1
-                if depth < 0:
-                    if _closer_present(cursor, ch, _indent_of(line)):
-                        head = line[:j].rstrip()
-                        kept = lines[:i] + [head] if head.strip() or i == 0 else lines[:i]
-                    else:
-                        kept = lines[:i] + [line[: j + 1]]
-                    return "\n".join(kept), "closed the block", True
+        # Brackets: a closer that takes the nesting below the cursor's level ends the block we are in. Strings
+        # rarely span lines in completions: scanning line by line keeps a stray quote local.
+        for token in _scan(line, line_comment=cursor.line_comment):
+            depth += (token.kind == "open") - (token.kind == "close")
+            if depth < 0:
+                if _closer_present(cursor, token.char, _indent_of(line)):
+                    head = line[: token.at].rstrip()
+                    kept = lines[:i] + [head] if head.strip() or i == 0 else lines[:i]
+                else:
+                    kept = lines[:i] + [line[: token.at + 1]]
+                return "\n".join(kept), "closed the block", True
         if dedented:
             if is_last and not final:
                 break  # a later bracket on this line may still close the block
@@ -241,6 +232,9 @@ def _cut(
 # running: small models loop like this until the token limit. Only units of words count (see _loop_unit).
 _LOOP_IN_LINE = re.compile(r"([^\n]{4,60}?)\1\1")
 _LOOP_LINES = 3
+# A block of 2 to this many lines written twice running is a loop too (an "if" and its body, again): code does
+# not repeat a whole block verbatim, and two copies suffice where a single line needs three.
+_LOOP_BLOCK_LINES = 6
 
 
 def _cut_loop(text: str, *, final: bool) -> str | None:
@@ -250,13 +244,20 @@ def _cut_loop(text: str, *, final: bool) -> str | None:
     was not there one token ago must end, and its answer means only "found" (the cut is made at the end). The last
     line may still be growing then; a loop in it counts all the same, since three copies are already written."""
     if not final:
-        text = text[-(_LOOP_LINES * 64 + 64):]
+        text = text[-(2 * _LOOP_BLOCK_LINES * 80 + 80):]
     lines = text.split("\n")
-    complete = lines if final else lines[:-1]
-    for i in range(_LOOP_LINES - 1, len(complete)):
-        line = complete[i].rstrip()  # indentation counts: nested "done" / "end" lines differ in it
-        if _loop_unit(line) and all(complete[i - k].rstrip() == line for k in range(1, _LOOP_LINES)):
+    complete = [line.rstrip() for line in (lines if final else lines[:-1])]  # indentation counts: nested
+    for i in range(_LOOP_LINES - 1, len(complete)):  # "done" / "end" lines differ in it
+        line = complete[i]
+        if _loop_unit(line) and all(complete[i - k] == line for k in range(1, _LOOP_LINES)):
             return "\n".join(lines[: i - _LOOP_LINES + 2])
+    # Blocks compare without indentation: the first line of an answer has none (the cursor's is in the prompt).
+    stripped = [line.lstrip() for line in complete]
+    for end in range(4, len(stripped) + 1):  # the first block whose second copy ends at line `end`
+        for size in range(2, min(_LOOP_BLOCK_LINES, end // 2) + 1):
+            block = stripped[end - 2 * size : end - size]
+            if block == stripped[end - size : end] and sum(1 for line in block if _loop_unit(line)) >= 2:
+                return "\n".join(lines[: end - size])
     for match in _LOOP_IN_LINE.finditer(text):
         if _loop_unit(match.group(1)):
             return text[: match.start() + len(match.group(1))]
@@ -303,25 +304,11 @@ def _trim_rest_overlap(text: str, rest: str) -> str:
 
 def _closes_outside(head: str, tail: str) -> bool:
     """True when every bracket and quote in tail closes something opened before the completion, not in head."""
-    stack: list[str] = []
-    quote: str | None = None
-    for i, ch in enumerate(head):
-        if quote:
-            if ch == quote and (i == 0 or head[i - 1] != "\\"):
-                quote = None
-        elif ch in _QUOTES:
-            quote = ch
-        elif ch in _OPENERS:
-            stack.append(ch)
-        elif ch in _CLOSERS and stack:
-            stack.pop()
-    for ch in tail:
-        if ch in _QUOTES:
-            if quote == ch:
-                return False  # closes a string the completion itself opened
-        elif ch in _CLOSERS and stack:
-            return False  # closes a bracket the completion itself opened
-    return True
+    tokens = list(_scan(head, spanning=_QUOTES))
+    quote = _open_string(tokens)
+    if quote and quote in tail:
+        return False  # closes a string the completion itself opened
+    return not (_nesting(tokens) and set(tail) & set(_CLOSERS))  # else closes a bracket the completion opened
 
 
 def _closer_present(cursor: _Cursor, closer: str, indent: str) -> bool:
@@ -399,35 +386,25 @@ def _syntax_place(snapshot: DocumentSnapshot, offset: int, cursor: _Cursor) -> s
                 return "comment"
         if node.type in rules.argument_nodes and inside:
             return "arguments"
+        if node.type in rules.block_nodes and inside:
+            return None  # among a block's statements, even in a callback passed as an argument
         node = node.parent
     # Broken code the parser could not place (an unclosed call): fall back to the line's own brackets.
     return "arguments" if _open_brackets(cursor.before) else None
 
 
 def _textual_place(cursor: _Cursor) -> str | None:
-    before = cursor.before
-    quote: str | None = None
-    for i, ch in enumerate(before):
-        if quote:
-            if ch == quote and before[i - 1] != "\\":
-                quote = None
-        elif ch in _QUOTES:
-            quote = ch
-        elif cursor.line_comment and before.startswith(cursor.line_comment, i):
-            return "comment"
-    if quote:
+    tokens = list(_scan(cursor.before, line_comment=cursor.line_comment))
+    if any(token.kind == "comment" for token in tokens):
+        return "comment"
+    if _open_string(tokens):
         return "string"
-    return "arguments" if _open_brackets(before) else None
+    return "arguments" if _open_brackets(cursor.before) else None
 
 
 def _open_brackets(text: str) -> bool:
-    depth = 0
-    for ch in text:
-        if ch in "([":
-            depth += 1
-        elif ch in ")]" and depth:
-            depth -= 1
-    return depth > 0
+    """Whether text leaves a parenthesis or square bracket open, counting every one, quoted or not."""
+    return _nesting(_scan(text, quotes=""), brackets="()[]") > 0
 
 
 def ends_with_opener(before: str, openers: tuple[str, ...]) -> str | None:
@@ -582,32 +559,19 @@ def _opens_a_bracket_last(line: str) -> bool:
     stripped = line.rstrip()
     if not stripped or stripped[-1] not in _OPENERS or not re.search(r"\w", stripped):
         return False
-    depth = 0
-    for ch in stripped:
-        depth += (ch in _OPENERS) - (ch in _CLOSERS)
-        if depth < 0:
-            return False
+    if _nesting(_scan(stripped, quotes=""), strict=True) is None:
+        return False  # a closer, quoted or not, with no opener before it
     return all(ch in _OPENERS for ch in _unclosed(stripped))
 
 
 def _unclosed(text: str) -> list[str]:
-    """Brackets and quotes text opens and does not close, innermost last."""
+    """Brackets and quotes text opens and does not close, innermost last. A closer that does not match the
+    innermost opener closes nothing."""
     stack: list[str] = []
-    quote: str | None = None
-    for i, ch in enumerate(text):
-        if quote:
-            if ch == quote and (i == 0 or text[i - 1] != "\\"):
-                quote = None
-                stack.pop()
-            elif ch == "\n" and quote != "`":
-                quote = None  # strings rarely span lines in completions
-                stack.pop()
-        elif ch in _QUOTES:
-            quote = ch
-            stack.append(ch)
-        elif ch in _OPENERS:
-            stack.append(ch)
-        elif ch in _CLOSERS and stack and stack[-1] == _OPENERS[_CLOSERS.index(ch)]:
+    for token in _scan(text):
+        if token.kind in ("open", "string"):
+            stack.append(token.char)
+        elif token.kind == "string end" or (token.kind == "close" and stack and stack[-1] == _MATCH[token.char]):
             stack.pop()
     return stack
 
@@ -637,3 +601,66 @@ def _point(data: bytes, byte_offset: int) -> tuple[int, int]:
 
 def _join(reason: str, more: str) -> str:
     return more if reason in ("", "complete") else f"{reason}; {more}"
+
+
+# The bracket and quote scanner --------------------------------------------------------------------------------
+
+
+class _Token(NamedTuple):
+    at: int  # index in the scanned text
+    char: str  # the bracket, the quote, the line comment's marker, or the "\n" that ends a string
+    kind: str  # "open", "close" (a bracket), "string", "string end", "comment"
+
+
+def _scan(text: str, *, quotes: str = _QUOTES, line_comment: str | None = None,
+          spanning: str = "`") -> Iterator[_Token]:
+    """The brackets, string quotes and line comments of text, in order, for the rules above to count.
+
+    A string runs from one of `quotes` to the same quote not right after a backslash, or to the line's end unless
+    its quote is in `spanning` (template literals span lines; other strings rarely do in completions). Nothing
+    inside a string counts, nor anything after `line_comment` on its line. Brackets are not matched here: each rule
+    counts them its own way (see _nesting, _unclosed).
+    """
+    quote: str | None = None
+    i, end = 0, len(text)
+    while i < end:
+        ch = text[i]
+        if quote:
+            if (ch == quote and text[i - 1] != "\\") or (ch == "\n" and quote not in spanning):
+                quote = None
+                yield _Token(i, ch, "string end")
+        elif ch in quotes:
+            quote = ch
+            yield _Token(i, ch, "string")
+        elif line_comment and text.startswith(line_comment, i):
+            yield _Token(i, line_comment, "comment")
+            i = text.find("\n", i)
+            if i == -1:
+                return
+            continue
+        elif ch in _OPENERS:
+            yield _Token(i, ch, "open")
+        elif ch in _CLOSERS:
+            yield _Token(i, ch, "close")
+        i += 1
+
+
+def _open_string(tokens: list[_Token]) -> str | None:
+    """The quote of the string the scanned text ends inside, if any (only its end could follow its start)."""
+    return tokens[-1].char if tokens and tokens[-1].kind == "string" else None
+
+
+def _nesting(tokens, *, brackets: str = "()[]{}", strict: bool = False) -> int | None:
+    """How many of `brackets` the tokens leave open, any closer closing any opener. A closer with no opener
+    before it closes nothing, or, when `strict`, makes the answer None."""
+    depth = 0
+    for token in tokens:
+        if token.char not in brackets or token.kind not in ("open", "close"):
+            continue
+        if token.kind == "open":
+            depth += 1
+        elif depth:
+            depth -= 1
+        elif strict:
+            return None
+    return depth

@@ -24,7 +24,6 @@ _NEAR_AFTER = 600
 # A name defined in more files than this is too common to tell which one is meant ("get", "run").
 _MAX_DEFINITIONS_PER_NAME = 3
 MAX_DEFINITIONS = 12
-RECENT_EDIT_LINES = (3, 4)  # lines above and below a recent edit
 
 # Repository-level prompt formats of the families that were trained with them (data, not branches).
 REPO_FORMATS: dict[str, dict[str, str]] = {

@@ -19,6 +19,7 @@ from .index import IndexLimits, IndexWorker, SymbolIndex, document_key
 from .repo_context import EMPTY, RecentEdit, RepoContext, build_repo_context
 
 MAX_RECENT_EDITS = 4
+RECENT_EDIT_LINES = (3, 4)  # lines above and below an edit that go into other documents' prompts
 # An edit region enters other documents' prompts once its document has been quiet this long. Text that
 # changes at every keystroke at the top of a prompt would void the KV cache of every prompt it is in
 # (measured: four editors typing at once went from cache hits to a cold prefill per request).
@@ -100,7 +101,7 @@ class Workspace:
             recent = [(key, line, self._texts.get(key)) for key, (line, at) in self._recent.items()
                       if key != exclude_key and at <= settled]
         out = []
-        above, below = 3, 4
+        above, below = RECENT_EDIT_LINES
         for key, line, text in recent:
             if text is None:
                 continue

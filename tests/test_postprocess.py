@@ -9,7 +9,8 @@ from ghostls.parsers.document import Document
 from ghostls.parsers.postprocess import (Completion, CompletionMode, block_has_code_above, decide_mode, finalize,
                                          stop_check)
 
-EXTENSIONS = {"python": "py", "typescript": "ts", "go": "go", "rust": "rs", "lua": "lua", "plaintext": "txt"}
+EXTENSIONS = {"python": "py", "typescript": "ts", "javascript": "js", "go": "go", "rust": "rs", "cpp": "cpp", "lua": "lua",
+              "plaintext": "txt"}
 
 
 def at_cursor(language: str, marked: str):
@@ -119,6 +120,29 @@ def test_mode(language, marked, multiline, reason, indent):
     assert decide_mode(snapshot, offset) == CompletionMode(multiline, reason, indent)
 
 
+# A callback's body passed as an argument is a block: its empty line takes a block, not one line; a call inside
+# that body is still an argument list. (‸ marks the cursor: Rust closures use "|".)
+CALLBACK_MODES = [
+    ("go", "package a\nfunc f() {\n\tflags.VisitAll(func(p *Flag) {\n\t\t‸\n\t})\n}\n", True, "empty line in block", "\t\t"),
+    ("typescript", "function f() {\n  items.forEach((el) => {\n    ‸\n  });\n}\n", True, "empty line in block", "    "),
+    ("javascript", "items.forEach(function (el) {\n  ‸\n});\n", True, "empty line in block", "  "),
+    ("rust", "fn f() {\n    v.iter().for_each(|x| {\n        ‸\n    });\n}\n", True, "empty line in block", " " * 8),
+    ("cpp", "void f() {\n  g([](int x) {\n    ‸\n  });\n}\n", True, "empty line in block", "    "),
+    ("lua", "g(function(x)\n  ‸\nend)\n", True, "empty line in block", "  "),
+    ("go", "package a\nfunc f() {\n\tgo func() {\n\t\tx := g(‸)\n\t}()\n}\n", False, "inside argument list", "\t\t"),
+    ("typescript", "items.forEach((el) => {\n  g(el, ‸);\n});\n", False, "inside argument list", "  "),
+    ("rust", "fn f() {\n    v.iter().for_each(|x| {\n        g(x, ‸);\n    });\n}\n", False, "inside argument list",
+     " " * 8),
+]
+
+
+@pytest.mark.parametrize(("language", "marked", "multiline", "reason", "indent"), CALLBACK_MODES)
+def test_mode_in_a_callback_body(language, marked, multiline, reason, indent):
+    offset = marked.index("‸")
+    snapshot = Document(f"file:///t.{EXTENSIONS[language]}", language, 1, marked.replace("‸", "")).snapshot()
+    assert decide_mode(snapshot, offset) == CompletionMode(multiline, reason, indent)
+
+
 def test_max_lines_and_reasons():
     snapshot, offset = at_cursor("python", "|\n")
     mode = decide_mode(snapshot, offset)
@@ -201,6 +225,30 @@ def test_data_that_repeats_is_not_a_loop(line):
     mode = decide_mode(snapshot, offset)
     assert finalize(snapshot, offset, mode, line).text == line
     assert not stop_check(snapshot, offset, mode)(line)
+
+
+def test_a_block_written_twice_is_cut_after_its_first_copy():
+    snapshot, offset = at_cursor("go", "package a\nfunc f(cmd *Command) error {\n\t|\n}\n")
+    mode = decide_mode(snapshot, offset)
+    block = 'if cmd.Syntax == "g" {\n\t\treturn cmd.UsageFunc()(cmd)\n\t}'
+    raw = f"{block}\n\t{block}\n\t{block}\n\tif cmd.Syn"
+    completion = finalize(snapshot, offset, mode, raw)
+    assert (completion.text, "repeating loop" in completion.reason) == (block, True)
+    done = stop_check(snapshot, offset, mode)
+    stopped_at = next(i for i in range(1, len(raw) + 1) if done(raw[:i]))
+    # Decoding stops once the second copy's last line is written, and that cut is the whole output's.
+    assert raw[:stopped_at].count("if cmd.Syntax") == 2 and raw[:stopped_at].endswith("}\n")
+    assert finalize(snapshot, offset, mode, raw[:stopped_at]).text == block
+
+
+@pytest.mark.parametrize("raw", [
+    "x = f(a)\n\ny = f(a)\n\nx = f(a)\n",  # one line between blank ones: two copies are not a loop
+    "if a {\n\tb()\n}\nif a {\n\tc()\n}\n",  # alike, not the same
+    "foo()\n}\nfoo()\n}\n",  # one line of words per copy: a closer is not a second one
+])
+def test_blocks_that_only_look_repeated_are_not_a_loop(raw):
+    snapshot, offset = at_cursor("go", "package a\nfunc f() {\n\t|\n}\n")
+    assert "loop" not in finalize(snapshot, offset, decide_mode(snapshot, offset), raw).reason
 
 
 def test_nested_closers_on_their_own_lines_are_not_a_loop():

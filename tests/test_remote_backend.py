@@ -110,7 +110,7 @@ def test_requests_given_up_on_do_not_pile_up_in_a_queueing_engine(engine, backen
     """A single-slot engine runs the prefill of every request it was sent, listened to or not. Four keystrokes'
     requests given up on before it began them, then one more: only the first of the four reaches the engine (the
     others wait for it to begin, and give up unsent), so the last one waits for one wasted prefill, not four, and
-    answers in its time. Sent as before, the engine ran five prefills and the last request got nothing."""
+    answers in its time. Were each sent at once, the engine would run five prefills and the last request get nothing."""
     engine.behaviour, engine.prefill_s = "queued", 1.0
     backend = backend_for(engine.url, timeout_ms=5000)
     for _ in range(4):

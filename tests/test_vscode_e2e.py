@@ -109,7 +109,7 @@ def test_restricted_mode_ignores_workspace_server_model_and_backend(vscode_tooli
     """An untrusted folder whose .vscode/settings.json names its own server script, a model, a provider and
     remote backends: the extension starts the user's ghostls with the user's model, provider and backend, never
     the folder's script, and still takes the folder's harmless settings (maxLines). The user's settings use the
-    earlier spellings (`ghostls.backend: "cpu"`, `ghostls.languages`), which still arrive under today's names."""
+    legacy spellings (`ghostls.backend: "cpu"`, `ghostls.languages`), which arrive under the current names."""
     report = _run_vscode(embedded_model_dir, "--restricted")
     assert report["restricted_mode_shown"] is True
     assert report["workspace_command_ran"] is False
