@@ -3,7 +3,9 @@
 Builds a Qwen2-architecture checkpoint with random weights from a config (weights do not change speed),
 converts it with onnxruntime-genai's builder exactly as ghostls's converter does, then measures time to
 first token for 1,000-token prompts, 16-token completions, and decode tokens/s, beside transformers' generate on
-the same weights in the same run (the peer), and with CUDA graphs on as well as off. The roofline is the
+the same weights in the same run (the peer), and with CUDA graphs on as well as off; then ghostls's own converter
+and engine on the same checkpoint (prefix reuse as the user types and deletes, checked against a fresh cache).
+The roofline is the
 memory-bandwidth limit of decoding: every new token reads every weight once, so
 tokens/s ≤ bandwidth / weight bytes. Without a GPU it runs the same steps on the CPU with a small config,
 so the script is known to work before GPU minutes are spent.
@@ -179,6 +181,72 @@ def bandwidth_gbs(provider: str) -> tuple[float, str]:
     return 2 * a.nbytes / best / 1e9, "CPU (measured copy, read + write)"
 
 
+def add_tokenizer(checkpoint: Path, vocab_size: int = 4096) -> None:
+    """A byte-level BPE tokenizer for the random checkpoint (ghostls's engine loads tokenizer.json), trained on
+    this repository's Python files; its first id is the end-of-text token the model's config names."""
+    if (checkpoint / "tokenizer.json").is_file():
+        return
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>"], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    corpus = [f.read_text(errors="replace") for f in sorted(Path(__file__).parents[1].glob("*/*.py"))]
+    tokenizer.train_from_iterator(corpus, trainer=trainer)
+    tokenizer.save(str(checkpoint / "tokenizer.json"))
+    (checkpoint / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>"}))
+    config = json.loads((checkpoint / "config.json").read_text())
+    config.update(bos_token_id=0, eos_token_id=0)
+    (checkpoint / "config.json").write_text(json.dumps(config, indent=2))
+
+
+def product_engine(checkpoint: Path, work: Path, provider: str, prompt_tokens: int, new_tokens: int) -> dict:
+    """ghostls's own converter and Engine on this provider, as a user's editor runs them: the int4 conversion, a
+    fresh completion of a long prompt, then that prompt grown by a few typed tokens and cut back by a few
+    (backspace), each reusing the document's KV cache; each answer is checked token for token against the same
+    prompt on an empty cache."""
+    try:
+        from ghostls.inference.converter.convert import convert
+        from ghostls.inference.engine import Engine, GenerationRequest
+    except ImportError as exc:
+        return {"error": f"ghostls not importable: {exc}"}
+    import numpy as np
+
+    add_tokenizer(checkpoint)
+    started = time.perf_counter()
+    model_dir = convert(checkpoint, precision="int4", execution_provider=provider, out_root=work / "ghostls-models")
+    convert_s = time.perf_counter() - started
+    engine = Engine(model_dir, provider=provider)
+    vocab = engine.tokenizer.get_vocab_size()
+    ids = np.random.default_rng(1).integers(10, vocab - 10, size=prompt_tokens).tolist()
+
+    def complete(prompt: list[int], fresh: bool):
+        if fresh:
+            engine.reset("doc")
+        return engine.generate(GenerationRequest(tuple(prompt), max_new_tokens=new_tokens, time_budget_s=60,
+                                                 cache_key="doc"))
+
+    complete(ids, True)  # warm-up: kernels, allocations
+    first = complete(ids, True)
+    typed = ids + list(first.token_ids[:4])
+    grown, grown_fresh = complete(typed, False), complete(typed, True)
+    complete(ids, True)
+    back, back_fresh = complete(ids[:-8], False), complete(ids[:-8], True)
+    return {
+        "provider": f"{engine.provider.name}: {engine.provider.reason}", "convert_s": round(convert_s, 1),
+        "fresh_first_token_ms": 1000 * first.first_token_s, "fresh_total_ms": 1000 * (first.prefill_s + first.decode_s),
+        "typed_reused_tokens": grown.reused_tokens, "typed_first_token_ms": 1000 * grown.first_token_s,
+        "typed_total_ms": 1000 * (grown.prefill_s + grown.decode_s),
+        "backspace_reused_tokens": back.reused_tokens, "backspace_first_token_ms": 1000 * back.first_token_s,
+        "typed_same_as_fresh": grown.token_ids == grown_fresh.token_ids,
+        "backspace_same_as_fresh": back.token_ids == back_fresh.token_ids,
+        "new_tokens": [len(first.token_ids), len(grown.token_ids), len(back.token_ids)],
+    }
+
+
 def product_provider_choice() -> str:
     """What ghostls's own start-up probe chooses here (the GPU machine imports it from a bare tree)."""
     try:
@@ -240,6 +308,11 @@ def main(argv: list[str] | None = None) -> int:
         report["results"][precision] = row
         print(f"{precision}: " + ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}"
                                            for k, v in row.items()), flush=True)
+    try:
+        report["ghostls_engine"] = product_engine(checkpoint, work, provider, args.prompt_tokens, args.new_tokens)
+    except Exception as exc:  # noqa: BLE001 - reported; the figures above stand
+        report["ghostls_engine"] = {"error": f"{type(exc).__name__}: {exc}"[:2000]}
+    print("ghostls engine:", json.dumps(report["ghostls_engine"]), flush=True)
     peer = measure_transformers(checkpoint, provider, args.prompt_tokens, args.new_tokens, args.runs)
     report["peer_transformers"] = peer
     for row in report["results"].values():  # how many times quicker than the peer, 16 tokens end to end
