@@ -14,12 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from ghostls.completion.settings import Settings
 from ghostls.inference.backend import LocalBackend
 from ghostls.inference.cache import ModelError
 from ghostls.inference.engine import Engine
 from ghostls.inference.fim import FimTemplate, template_by_name
-
-from .config import Settings
 
 log = logging.getLogger(__name__)
 
