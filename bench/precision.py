@@ -13,7 +13,6 @@ import inspect
 import platform
 import statistics
 import sys
-import time
 
 from ghostls.inference import convert, embedded
 from ghostls.inference.engine import Engine, GenerationRequest

@@ -181,14 +181,14 @@ def complete(backend: CompletionBackend, snapshot: DocumentSnapshot, offset: int
     wanted = MAX_CANDIDATES if invoked else int(rejected and not token.others_waiting())
     candidates = [final.text] if final.text else []
     branched = False
-    for token in generation.first_choices:
+    for first in generation.first_choices:
         if len(candidates) >= wanted or token.cancelled() or time.perf_counter() >= deadline:
             break
-        if generation.token_ids[:1] == (token,):
+        if generation.token_ids[:1] == (first,):
             continue  # that is the greedy answer
         try:
             branch = backend.complete(
-                dataclasses.replace(request, forced=(token,), first_choices=0,
+                dataclasses.replace(request, forced=(first,), first_choices=0,
                                     time_budget_s=max(deadline - time.perf_counter(), 0.05)),
                 is_complete=lambda text: complete_at(prompt.heal(text)), cancelled=token.cancelled)
         except BackendError:

@@ -74,7 +74,6 @@ class ModelHost:
         self._loaded: LoadedModel | None = None
         self.status = ModelStatus(ModelState.STARTING)
         self._ready = threading.Event()  # set once loading ended, in success or failure
-        self._thread: threading.Thread | None = None
 
     @property
     def loaded(self) -> LoadedModel | None:
@@ -91,9 +90,7 @@ class ModelHost:
                                   "remote", remote.template().family))
             self._ready.set()
             return
-        self._thread = threading.Thread(target=self._load, args=(settings,), name="ghostls-model",
-                                        daemon=True)
-        self._thread.start()
+        threading.Thread(target=self._load, args=(settings,), name="ghostls-model", daemon=True).start()
 
     async def wait(self, timeout_s: float) -> LoadedModel | None:
         """The loaded model, waiting up to `timeout_s` for one that is still loading."""

@@ -17,7 +17,7 @@ from ghostls.inference.engine import Engine
 from ghostls.inference.fim import PREFIX_ONLY, TEMPLATES
 from ghostls.parsers.document import Document
 
-SOURCE = "".join(f"def helper_{i}(value):\n    return value * {i} + {i * 7}\n\n\n" for i in range(40))
+SOURCE = "import os\nimport sys\n\n\n" + "".join(f"def helper_{i}(value):\n    return value * {i} + {i * 7}\n\n\n" for i in range(40))
 SOURCE += "def main(values):\n    total = helper_3(values)\n    return "
 SETTINGS = Settings(max_new_tokens=16, max_prompt_tokens=400, time_budget_ms=60_000, speculate=False)
 
@@ -126,3 +126,29 @@ def test_a_superseded_request_stops_in_the_decode_loop(backend):
     result = complete(backend, session.document.snapshot(), len(SOURCE), SETTINGS, session.snapshot(), stale)
     assert result.reason == "cancelled" and result.text == "" and result.shown is None
     assert result.prefix_start is not None  # the window is still reported, for the next request's anchor
+
+
+@pytest.mark.embedded
+@pytest.mark.parametrize("others_waiting", [False, True])
+def test_one_prompt_is_built_per_request_without_an_anchor(backend, monkeypatch, others_waiting):
+    """The first request in a document has no window to keep: under contention its small window is the only one
+    built (the full one would be thrown away), and the local context's refit happens inside that one build."""
+    import ghostls.completion.completer as completer
+
+    built = []
+
+    def counted(*args, **kwargs):
+        built.append(kwargs["budget"])
+        return real(*args, **kwargs)
+
+    real = completer.build_prompt
+    monkeypatch.setattr(completer, "build_prompt", counted)
+    sessions = DocumentSessions()
+    session = _open(sessions, "once")
+    token = session.start_request()
+    if others_waiting:
+        _open(sessions, "waiting").start_request()
+    result = complete(backend, session.document.snapshot(), len(SOURCE), SETTINGS, session.snapshot(), token)
+    assert len(built) == 1 and result.context["busy"] is others_waiting
+    assert built[0] == (completer.busy_budget(400) if others_waiting else 400)
+    assert result.context["localLines"] > 0  # the window missed the top of the file: headers came back
