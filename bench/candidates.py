@@ -13,13 +13,12 @@ import sys
 import time
 from pathlib import Path
 
+from ghostls.completion import Settings, complete
+from ghostls.inference.backend import LocalBackend
 from ghostls.inference.embedded import ensure_embedded_model
 from ghostls.inference.engine import Engine
 from ghostls.inference.fim import template_by_name
 from ghostls.parsers.document import Document
-from ghostls.server.completer import complete
-from ghostls.server.config import Settings
-from ghostls.server.model_host import LoadedModel
 
 
 def main() -> int:
@@ -28,7 +27,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
     engine = Engine(ensure_embedded_model(), "cpu")
-    model = LoadedModel(engine, template_by_name("prefix_only"))
+    backend = LocalBackend(engine, template_by_name("prefix_only"))
     settings = Settings(time_budget_ms=60_000)
     files = sorted(Path(__file__).resolve().parents[1].glob("parsers/*.py"))
     rng = random.Random(args.seed)
@@ -41,12 +40,12 @@ def main() -> int:
         offset = sum(len(line) + 1 for line in lines[:index]) + len(lines[index]) - len(lines[index].lstrip())
         holed = text[:offset] + text[offset + len(lines[index].lstrip()):]
         snapshot = Document(path.as_uri(), "python", 1, holed).snapshot()
-        complete(model, snapshot, offset, settings)  # warm the KV cache, so both runs below reuse it
+        complete(backend, snapshot, offset, settings)  # warm the KV cache, so both runs below reuse it
         started = time.perf_counter()
-        automatic = complete(model, snapshot, offset, settings)
+        automatic = complete(backend, snapshot, offset, settings)
         one = time.perf_counter() - started
         started = time.perf_counter()
-        invoked = complete(model, snapshot, offset, settings, invoked=True)
+        invoked = complete(backend, snapshot, offset, settings, invoked=True)
         three = time.perf_counter() - started
         rows.append((one, three, 1 + len(invoked.alternatives) if invoked.text else 0, bool(automatic.text)))
         print(f"{path.name}:{index + 1} automatic {one:.2f}s, invoked {three:.2f}s, "

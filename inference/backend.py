@@ -79,6 +79,8 @@ class LocalBackend:
         self.engine = engine
         self.template = template
         self.provider_name = engine.provider.name
+        # The last prompt and its ids: an alternative sends the same prompt again, with another forced first token.
+        self._encoded: tuple[str, tuple[int, ...]] = ("", ())
 
     def count_tokens(self, text: str) -> int:
         return self.engine.count_tokens(text)
@@ -86,10 +88,13 @@ class LocalBackend:
     def complete(self, request: TextRequest, *, is_complete: Callable[[str], bool] = lambda text: False,
                  cancelled: Callable[[], bool] = lambda: False) -> TextGeneration:
         started = time.perf_counter()
-        ids = self.engine.encode(request.prompt)
+        prompt, ids = self._encoded
+        if prompt != request.prompt or not ids:
+            ids = tuple(self.engine.encode(request.prompt))
+            self._encoded = (request.prompt, ids)
         tokenize_ms = round((time.perf_counter() - started) * 1000, 2)
         generation = self.engine.generate(
-            GenerationRequest(tuple(ids), max_new_tokens=request.max_new_tokens,
+            GenerationRequest(ids, max_new_tokens=request.max_new_tokens,
                               stop_strings=request.stop_strings, time_budget_s=request.time_budget_s,
                               cache_key=request.cache_key, first_choices=request.first_choices,
                               forced=request.forced, heal=request.heal),

@@ -6,10 +6,12 @@ Must never copy or scan the whole document (20 MB files exist) and never call th
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from .context import gather_context
 from .document import DocumentSnapshot
 
 # Source code runs 2.5-4 characters per token for code-trained BPE tokenizers; the first guess only needs
@@ -52,6 +54,9 @@ class Prompt:
     # model is free to dedent out of the block), but for its last space (see build_prompt), and the model's
     # leading spaces are dropped.
     at_indent: bool = False
+    # Imports and enclosing scope headers from above the window, brought back into `context` (build_prompt's
+    # local_context); "" when the window holds the top of the file or there were none.
+    local: str = ""
 
     def heal(self, generated: str) -> str:
         """The generated text as it continues the document at the cursor."""
@@ -93,10 +98,28 @@ def build_prompt(
     suffix_share: float = 0.25,
     context: str = "",
     anchor: int | None = None,
+    local_context: bool = False,
 ) -> Prompt:
     """`anchor` is where the previous prompt's prefix in this document started (None: no previous prompt).
     It is kept while it fits, so that typing in a file longer than the budget does not shift the window,
-    and lose the KV cache, at every new line."""
+    and lose the KV cache, at every new line. `local_context`: when the window misses the top of the file,
+    the imports and enclosing scope headers above it follow `context` (see Prompt.local)."""
+    prompt = _fit_prompt(snapshot, offset, template, count_tokens, budget, suffix_share, context, anchor)
+    if not (local_context and prompt.prefix_truncated):
+        return prompt
+    local = gather_context(snapshot, offset, offset - len(prompt.prefix))
+    if not local:
+        return prompt
+    # Fitted again: the local lines take budget from the suffix and the prefix, so the window starts lower. Only
+    # the first fit can say which lines are above the window, so the two cannot be one.
+    refitted = _fit_prompt(snapshot, offset, template, count_tokens, budget, suffix_share, context + local, anchor)
+    return dataclasses.replace(refitted, local=local)
+
+
+def _fit_prompt(snapshot: DocumentSnapshot, offset: int, template: PromptTemplate,
+                count_tokens: Callable[[str], int], budget: int, suffix_share: float, context: str,
+                anchor: int | None) -> Prompt:
+    """The prompt with `context` first, then as much of the suffix and prefix as the budget holds."""
     text = snapshot.text
     offset = max(0, min(offset, len(text)))
     budget = max(budget, 0)

@@ -1,6 +1,7 @@
-"""The GhostServer: documents, settings, the model host and in-flight requests, in one place.
+"""The GhostServer: the open documents' sessions, settings, the model host and the workspace, in one place.
 
-Holds state that handlers share; handlers live in `handlers/`, one module per LSP method group.
+Holds state that handlers share; handlers live in `handlers/`, one module per LSP method group. What each document
+keeps between completions (and its request's cancel token) is the completion core's DocumentSession.
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ from pygls.exceptions import JsonRpcContentModified, JsonRpcRequestCancelled
 from pygls.lsp.server import LanguageServer
 
 from ghostls import __version__
-from ghostls.parsers.document import Document, PositionEncoding
+from ghostls.completion.session import CancelToken, DocumentSessions
+from ghostls.completion.settings import Settings
+from ghostls.parsers.document import PositionEncoding
 from ghostls.parsers.ignore import uri_to_path
 from ghostls.parsers.workspace import Workspace
 
-from .config import Settings
 from .model_host import ModelHost, ModelState, ModelStatus
 from .remotes import RemoteBackends, plaintext_warning, redact_logs
 
@@ -29,21 +31,17 @@ log = logging.getLogger(__name__)
 
 PROGRESS_TOKEN = "ghostls/model"
 STATUS_NOTIFICATION = "ghostls/status"
-# How long after two documents' requests last overlapped the engine still counts as shared (see contended()).
-CONTENTION_HOLD_S = 10.0
 
 
 class GhostServer(LanguageServer):
     def __init__(self) -> None:
         super().__init__("ghostls", __version__, text_document_sync_kind=types.TextDocumentSyncKind.Incremental)
-        self.documents: dict[str, Document] = {}
+        # One per open document: its text, prompt anchor, held context, shown completions and live request.
+        self.sessions = DocumentSessions()
         self.settings = Settings()
         # One worker: the KV cache is one buffer, and on a CPU two generations would only share cores.
         self.engine_worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ghostls-engine")
         self.models = ModelHost(on_status=self._status_from_thread, on_progress=self._progress_from_thread)
-        # The cancel flag of the newest completion request per document; a newer one sets the older.
-        self.inflight: dict[str, threading.Event] = {}
-        self.contended_at = float("-inf")  # when requests for two documents last overlapped
         self._loop: asyncio.AbstractEventLoop | None = None
         self._progress_open = False
         self._warned: set[str] = set()
@@ -51,15 +49,9 @@ class GhostServer(LanguageServer):
         self.pending_warnings: list[str] = []
         # The last completion's explanation, for `ghostls/explain`.
         self.last_result = None
-        # Per document: the completion last shown, and the one speculated for after its acceptance.
-        self.shown: dict[str, list] = {}
-        # The cancel flag of the speculative generation running, if any: every real request sets it.
-        self.speculation: threading.Event | None = None
+        # The token of the speculative generation running, if any: every real request cancels it.
+        self.speculation: CancelToken | None = None
         self.last_speculation: dict | None = None  # for `ghostls/explain`
-        # Per document: where the last prompt's prefix began (see parsers.prompt.build_prompt's anchor).
-        self.prompt_anchors: dict[str, int] = {}
-        # Per document: (cursor line, cross-file context) of the last answer, kept while typing along a line.
-        self.held_contexts: dict[str, tuple] = {}
         # Remote engines named in settings, each with its connection pool.
         self.remotes = RemoteBackends()
         # Workspace roots, secrets and the symbol index; replaced in `initialize` once the roots are known.
@@ -71,34 +63,7 @@ class GhostServer(LanguageServer):
         encoding = self.workspace.position_encoding or "utf-16"
         return PositionEncoding(getattr(encoding, "value", encoding))
 
-    # -- requests --------------------------------------------------------------------------
-    def supersede(self, uri: str) -> threading.Event:
-        """Registers a new request for `uri`, cancelling the one it replaces."""
-        older = self.inflight.get(uri)
-        if older is not None:
-            older.set()
-        flag = threading.Event()
-        self.inflight[uri] = flag
-        return flag
-
-    def others_waiting(self, uri: str) -> bool:
-        """Whether a live completion request for another document is waiting (in debounce or for the engine).
-
-        Called from the worker thread: a snapshot of the dict, read without the event loop (single writes only)."""
-        waiting = any(other != uri and not flag.is_set() for other, flag in list(self.inflight.items()))
-        if waiting:
-            self.contended_at = time.monotonic()
-        return waiting
-
-    def contended(self, uri: str) -> bool:
-        """Whether other documents want the engine now or did within CONTENTION_HOLD_S: while they take turns,
-        each keeps the small prompt window it got (growing it back costs a long prefill at the worst time)."""
-        return self.others_waiting(uri) or time.monotonic() - self.contended_at < CONTENTION_HOLD_S
-
-    def release(self, uri: str, flag: threading.Event) -> None:
-        if self.inflight.get(uri) is flag:
-            del self.inflight[uri]
-
+    # -- workspace -------------------------------------------------------------------------
     def open_workspace(self, params: types.InitializeParams) -> None:
         """Roots from `initialize` (folders, else rootUri/rootPath); the index starts building in the background."""
         uris = [f.uri for f in params.workspace_folders or ()] or ([params.root_uri] if params.root_uri else [])
@@ -198,7 +163,6 @@ class GhostServer(LanguageServer):
             return
 
         def watch() -> None:
-            import time
             while True:
                 time.sleep(2)
                 try:

@@ -14,12 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from ghostls.completion.settings import Settings
 from ghostls.inference.backend import LocalBackend
 from ghostls.inference.cache import ModelError
 from ghostls.inference.engine import Engine
 from ghostls.inference.fim import FimTemplate, template_by_name
-
-from .config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +75,6 @@ class ModelHost:
         self._loaded: LoadedModel | None = None
         self.status = ModelStatus(ModelState.STARTING)
         self._ready = threading.Event()  # set once loading ended, in success or failure
-        self._thread: threading.Thread | None = None
 
     @property
     def loaded(self) -> LoadedModel | None:
@@ -93,9 +91,7 @@ class ModelHost:
                                   "remote", remote.template().family))
             self._ready.set()
             return
-        self._thread = threading.Thread(target=self._load, args=(settings,), name="ghostls-model",
-                                        daemon=True)
-        self._thread.start()
+        threading.Thread(target=self._load, args=(settings,), name="ghostls-model", daemon=True).start()
 
     async def wait(self, timeout_s: float) -> LoadedModel | None:
         """The loaded model, waiting up to `timeout_s` for one that is still loading."""

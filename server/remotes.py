@@ -9,9 +9,8 @@ from __future__ import annotations
 import logging
 import re
 
+from ghostls.completion.settings import Settings
 from ghostls.inference.remote import RemoteBackend, RemoteConfig, is_loopback
-
-from .config import Settings
 
 log = logging.getLogger(__name__)
 

@@ -1,26 +1,24 @@
 """Runs one completion request for a handler: snapshot, debounce, supersede, model wait, worker thread.
 
-The snapshot and settings are taken on the event loop; the engine runs on the server's one worker
-thread; cancellation (client `$/cancelRequest`, a newer request, a didChange) sets a flag that the
-decode loop checks between tokens, so a stale generation stops within one token.
+The document's snapshot, its session's snapshot and the settings are taken on the event loop; the completion core
+runs on the server's one worker thread; cancellation (client `$/cancelRequest`, a newer request, a didChange)
+cancels the request's token, which the decode loop checks between tokens, so a stale generation stops within one
+token. What the answer carries back (anchor, held context, shown completion) goes into the session here.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 import time
 
 from lsprotocol import types
 from pygls.exceptions import JsonRpcContentModified, JsonRpcException, JsonRpcInternalError, JsonRpcInvalidParams
 
-from ghostls.parsers.document import PositionError
-
-from ghostls.parsers.document import Document
-
-from .completer import CompletionResult, complete
-from .typeahead import ShownCompletion, accepted
+from ghostls.completion.completer import CompletionResult, complete
+from ghostls.completion.session import CancelToken, DocumentSession, SessionSnapshot
+from ghostls.completion.typeahead import ShownCompletion, accepted
+from ghostls.parsers.document import Document, PositionError
 
 log = logging.getLogger(__name__)
 
@@ -32,11 +30,11 @@ async def run_completion(ls, uri: str, line: int, character: int, invoked: bool,
     An engine failure becomes an InternalError naming `method` and the document version, in the log and in
     the answer; the worker and the model stay usable for the next request.
     """
-    document = ls.documents.get(uri)
-    if document is None:
+    session = ls.sessions.get(uri)
+    if session is None:
         raise JsonRpcInvalidParams(f"document {uri} is not open: send textDocument/didOpen first")
     settings = ls.settings
-    snapshot = document.snapshot()
+    snapshot = session.document.snapshot()
     language = snapshot.language
     if not settings.enable or {language.name, *language.language_ids} & set(settings.disabled_languages):
         return _explained(ls, CompletionResult("", "disabled in settings", False))
@@ -48,20 +46,20 @@ async def run_completion(ls, uri: str, line: int, character: int, invoked: bool,
         raise JsonRpcInvalidParams(f"position {line}:{character} is outside {uri}: {exc}") from exc
 
     # Typing through a completion already computed (or accepting it): the rest is the answer, at once.
-    for shown in ls.shown.get(uri, ()):
-        if (rest := shown.remainder(snapshot.text, offset)):
-            ls.release(uri, ls.supersede(uri))  # anything still generating for this document is stale now
-            return _explained(ls, CompletionResult(rest, "typed through a completion already computed",
-                                                   shown.multiline))
+    if (typed := session.remainder(snapshot.text, offset)) is not None:
+        rest, shown = typed
+        session.cancel_request("typed through a shown completion")  # anything still generating here is stale now
+        return _explained(ls, CompletionResult(rest, "typed through a completion already computed", shown.multiline))
     if ls.speculation is not None:
-        ls.speculation.set()  # a request for the model comes first: the speculation stops within a token
+        # A request for the model comes first: the speculation stops within a token.
+        ls.speculation.cancel("a request for the model")
 
-    cancelled = ls.supersede(uri)
+    token = session.start_request()
     work = None
     try:
         if not invoked and settings.debounce_ms:
             await asyncio.sleep(settings.debounce_ms / 1000)
-        if cancelled.is_set():
+        if token.cancelled():
             return None
         remote = settings.backend_for((language.name, *language.language_ids))
         if remote is not None:
@@ -77,12 +75,11 @@ async def run_completion(ls, uri: str, line: int, character: int, invoked: bool,
                     "", f"model not ready ({status.state.value}: {status.detail})", False))
             backend = model.backend
         # The thread's own future (not an asyncio one) tells when the worker really lets go after a cancel.
-        work = ls.engine_worker.submit(_generate, backend, snapshot, offset, settings, cancelled.is_set,
-                                       ls.prompt_anchors.get(uri), ls.project, invoked, ls.held_contexts.get(uri),
-                                       lambda: ls.others_waiting(uri), lambda: ls.contended(uri))
+        work = ls.engine_worker.submit(_generate, backend, snapshot, offset, settings, session.snapshot(), token,
+                                       ls.project, invoked)
         result = await asyncio.wrap_future(work)
     except asyncio.CancelledError:
-        cancelled.set()  # the client gave up: stop the decode loop within one token
+        token.cancel("cancelled by the client")  # stop the decode loop within one token
         _log_when_stopped(work, uri, snapshot.version)
         raise
     except JsonRpcException:
@@ -93,19 +90,15 @@ async def run_completion(ls, uri: str, line: int, character: int, invoked: bool,
         ls.window_log_message(types.LogMessageParams(types.MessageType.Error, f"ghostls: {message}"))
         raise JsonRpcInternalError(message) from exc
     finally:
-        ls.release(uri, cancelled)
+        session.end_request(token)
 
     if remote is not None:
         ls.report_remote(remote, result)
     # Where this prompt's window began and which context it held describe the KV cache the engine now keeps for
-    # the document, stale answer or not: the next request builds on them (dropping them made the next keystroke
-    # of a burst start a new window, a long prefill, whenever the answer before it came too late).
-    if result.prefix_start is not None:
-        ls.prompt_anchors[uri] = result.prefix_start
-    if result.held_context is not None:
-        ls.held_contexts[uri] = result.held_context
-    current = ls.documents.get(uri)
-    if current is None or current.version != snapshot.version:
+    # the document, stale answer or not: the next request builds on them (dropping them would make the next
+    # keystroke of a burst start a new window, a long prefill, whenever the answer before it came too late).
+    session.keep_window(result)
+    if ls.sessions.get(uri) is not session or session.document.version != snapshot.version:
         # Never place text computed for an old version at positions of a new one.
         raise JsonRpcContentModified(f"{uri} changed while the completion was computed")
     if result.reason == "cancelled":
@@ -114,28 +107,31 @@ async def run_completion(ls, uri: str, line: int, character: int, invoked: bool,
              uri.rsplit("/", 1)[-1], snapshot.version, len(result.text), result.reason, result.prompt_tokens,
              result.reused_tokens, len(result.context.get("items", ())), result.context.get("tokens", 0),
              result.timings_ms)
-    if result.text:
-        shown = ShownCompletion(snapshot.text, offset, result.text, result.multiline)
-        ls.shown[uri] = [shown]
+    if result.shown is not None:
+        session.show(result.shown)
         # Local only: a speculative request to a shared remote engine would load it for every editor.
         if settings.speculate and remote is None:
-            asyncio.ensure_future(_speculate(ls, uri, snapshot, shown, backend, settings))
+            asyncio.ensure_future(_speculate(ls, session, snapshot, result.shown, backend, settings))
     return _explained(ls, result)
 
 
-async def _speculate(ls, uri: str, snapshot, shown: ShownCompletion, backend, settings) -> None:
+async def _speculate(ls, session: DocumentSession, snapshot, shown: ShownCompletion, backend, settings) -> None:
     """Computes the completion that follows accepting `shown`, if the engine has nothing else to do."""
     if ls.speculation is not None:
-        ls.speculation.set()
-    flag = ls.speculation = threading.Event()
+        ls.speculation.cancel("a newer speculation")
+    # No other document to yield to: every real request cancels a speculation outright.
+    token = ls.speculation = CancelToken()
+    uri = session.uri
     text, offset = accepted(shown)
     language_id = snapshot.language.language_ids[0] if snapshot.language.language_ids else None
 
     def job() -> CompletionResult | None:
-        if flag.is_set():
+        if token.cancelled():
             return None  # a real request arrived while this one waited for the engine
         after = Document(uri, language_id, snapshot.version, text).snapshot()
-        return complete(backend, after, offset, settings, flag.is_set, ls.prompt_anchors.get(uri), ls.project)
+        # The anchor as it is when the engine gets to this (the answer before may have moved it); no held context.
+        carried = SessionSnapshot(session.cache_key, session.anchor)
+        return complete(backend, after, offset, settings, carried, token, ls.project)
 
     try:
         result = await asyncio.get_running_loop().run_in_executor(ls.engine_worker, job)
@@ -143,27 +139,25 @@ async def _speculate(ls, uri: str, snapshot, shown: ShownCompletion, backend, se
         log.debug("speculative completion for %s failed", uri, exc_info=True)
         return
     finally:
-        if ls.speculation is flag:
+        if ls.speculation is token:
             ls.speculation = None
     log.debug("speculative completion for %s: %s", uri.rsplit("/", 1)[-1],
               "not run" if result is None else f"{len(result.text)} chars, {result.reason}")
     ls.last_speculation = {"uri": uri, "chars": len(result.text) if result else 0,
                            "reason": result.reason if result else "not run: the engine had a request to serve"}
-    current = ls.shown.get(uri)
-    if result is not None and result.text and result.reason != "cancelled" and current and current[0] is shown:
-        current.append(ShownCompletion(text, offset, result.text, result.multiline))
+    if result is not None and result.shown is not None and result.reason != "cancelled":
+        session.speculated(result.shown, shown)
 
 
-def _generate(backend, snapshot, offset, settings, cancelled, anchor, workspace, invoked, held,
-              others_waiting, contended) -> CompletionResult:
+def _generate(backend, snapshot, offset, settings, session: SessionSnapshot, token: CancelToken, workspace,
+              invoked) -> CompletionResult:
     """On the worker: a request superseded while it waited in the queue never starts (a typing burst
     queues many; only the newest should reach the model)."""
-    if cancelled():
+    if token.cancelled():
         return CompletionResult("", "cancelled", False)
     name = snapshot.uri.rsplit("/", 1)[-1]
     log.debug("generating for %s v%s", name, snapshot.version)
-    result = complete(backend, snapshot, offset, settings, cancelled, anchor, workspace, invoked, held,
-                      others_waiting, contended)
+    result = complete(backend, snapshot, offset, settings, session, token, workspace, invoked)
     log.debug("generated for %s v%s: %s", name, snapshot.version, result.reason)
     return result
 

@@ -277,8 +277,8 @@ def _exit_code(exc: SystemExit) -> int:
 def _exit_within(code: int, seconds: float) -> None:
     """Ends the process with `code` `seconds` from now unless it has ended by then. After `exit` the server
     must leave (LSP); what runs after it (pygls's thread pool waiting for its tasks, a model load inside
-    onnxruntime) may not hold it: a test saw the server still running 5 s after `exit` twice in session 8 under
-    load, and the wait could not be reproduced to find which."""
+    onnxruntime) may not hold it: under load a server has been seen still running 5 s after `exit`, in a wait
+    that could not be reproduced to find which."""
     timer = threading.Timer(seconds, os._exit, args=(code,))
     timer.daemon = True
     timer.start()

@@ -1,6 +1,6 @@
 """Settings from the client: camelCase or snake_case, invalid values fall back with one warning each."""
 
-from ghostls.server.config import Settings, parse_settings
+from ghostls.completion.settings import Settings, parse_settings
 
 
 def test_defaults_when_no_options():

@@ -10,8 +10,9 @@ from ghostls.inference.backend import LocalBackend
 from ghostls.inference.engine import Engine
 from ghostls.inference.fim import PREFIX_ONLY, TEMPLATES
 from ghostls.parsers.document import Document
-from ghostls.server.completer import BUSY_BUDGET_SHARE, BUSY_MIN_BUDGET, complete
-from ghostls.server.config import Settings
+from ghostls.completion.completer import BUSY_BUDGET_SHARE, BUSY_MIN_BUDGET, complete
+from ghostls.completion.session import DocumentSessions, SessionSnapshot
+from ghostls.completion.settings import Settings
 
 SOURCE = "".join(f"def helper_{i}(value):\n    return value * {i} + {i * 7}\n\n\n" for i in range(60))
 SOURCE += "def main(values):\n    "
@@ -26,10 +27,15 @@ def backend(embedded_model_dir):
 
 
 def _complete(backend, others_waiting: bool, anchor: int | None = None, uri: str = "file:///busy.py"):
-    snapshot = Document(uri, "python", 1, SOURCE).snapshot()
+    """A request in `uri` with (or without) a live request for another open document waiting for the engine."""
+    document = Document(uri, "python", 1, SOURCE)
+    sessions = DocumentSessions()
+    token = sessions.open(document).start_request()
+    if others_waiting:
+        sessions.open(Document("file:///other.py", "python", 1, "x = 1\n")).start_request()
+    assert token.others_waiting() is others_waiting
     settings = Settings(max_new_tokens=48, max_prompt_tokens=900, time_budget_ms=60_000, speculate=False)
-    return complete(backend, snapshot, len(SOURCE), settings, anchor=anchor,
-                    others_waiting=lambda: others_waiting)
+    return complete(backend, document.snapshot(), len(SOURCE), settings, SessionSnapshot(uri, anchor), token)
 
 
 def test_other_documents_waiting_shrink_a_new_window_and_cut_to_one_line(backend):

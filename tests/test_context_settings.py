@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ghostls.server.config import Settings, parse_settings
+from ghostls.completion.settings import Settings, parse_settings
 
 
 def test_context_settings_apply():

@@ -30,6 +30,13 @@ def test_every_module_folder_of_a_listed_package_is_listed():
     assert missing == [], f"not in [tool.setuptools] packages, so missing from a wheel: {missing}"
 
 
+def test_every_top_level_package_folder_is_in_the_namespace():
+    """A folder of the repository root with an __init__.py is one of `ghostls`'s packages (package-dir)."""
+    mapped = set(PYPROJECT["tool"]["setuptools"]["package-dir"].values())
+    folders = {p.parent.name for p in REPO.glob("*/__init__.py")} - {"tests"}
+    assert folders <= mapped, f"not in [tool.setuptools.package-dir]: {sorted(folders - mapped)}"
+
+
 def test_a_plain_install_brings_what_the_first_completion_converts_with():
     plain = {requirement.split(">")[0].split("=")[0].split(";")[0].strip()
              for requirement in PYPROJECT["project"]["dependencies"]}

@@ -2,7 +2,7 @@
 with a warning that never shows the API key."""
 
 from ghostls.inference.remote import RemoteConfig
-from ghostls.server.config import Settings, parse_settings
+from ghostls.completion.settings import Settings, parse_settings
 from ghostls.server.remotes import plaintext_warning
 
 SECRET = "sk-config-secret"

@@ -1,4 +1,4 @@
-"""One vocabulary of settings: every server setting (server/config.py) is declared, under the server's own name and
+"""One vocabulary of settings: every server setting (completion/settings.py) is declared, under the server's own name and
 with the server's default, by the VS Code extension (package.json), the Neovim plugin (config.lua, its help file)
 and the README, and what the extension sends by default parses back to the server's defaults with no warning.
 """
@@ -17,8 +17,8 @@ import pytest
 
 from ghostls.inference.fim import TEMPLATES
 from ghostls.parsers.postprocess import RULES
-from ghostls.server import config
-from ghostls.server.config import Settings, parse_settings
+from ghostls.completion import settings as config
+from ghostls.completion.settings import Settings, parse_settings
 
 REPO = Path(__file__).resolve().parents[1]
 VSCODE = REPO / "editors" / "vscode"

@@ -11,7 +11,7 @@ import pytest_lsp
 from lsprotocol import types
 from pytest_lsp import ClientServerConfig, LanguageClient, client_capabilities
 
-from ghostls.server.typeahead import ShownCompletion, accepted
+from ghostls.completion.typeahead import ShownCompletion, accepted
 
 SERVER = [sys.executable, "-m", "ghostls.cli.main", "serve", "--stdio", "--log-level", "debug"]
 DOC = "def area(width, height):\n    return \n\nprint(area(2, 3))\n"

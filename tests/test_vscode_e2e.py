@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from ghostls.server import config
-from ghostls.server.config import Settings, parse_settings
+from ghostls.completion import settings as config
+from ghostls.completion.settings import Settings, parse_settings
 
 REPO = Path(__file__).resolve().parents[1]
 VSCODE = REPO / "editors" / "vscode"

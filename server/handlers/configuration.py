@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from lsprotocol import types
 
-from ..config import parse_settings
+from ghostls.completion.settings import parse_settings
 
 _MODEL_KEYS = ("model", "precision", "provider", "backend", "language_backends")
 

@@ -17,7 +17,9 @@ def register(server) -> None:
         last = None
         include_prompt = bool(_get(params, "includePrompt"))
         if result is not None:
-            last = {k: v for k, v in dataclasses.asdict(result).items() if k not in ("text", "prompt", "alternatives", "held_context")}
+            # Never the texts (the completion, the prompt, the held context, the document shown under it).
+            hidden = ("text", "prompt", "alternatives", "held_context", "shown")
+            last = {k: v for k, v in dataclasses.asdict(result).items() if k not in hidden}
             last["chars"] = len(result.text)
             last["candidates"] = int(bool(result.text)) + len(result.alternatives)
             if include_prompt:
@@ -26,7 +28,7 @@ def register(server) -> None:
                           "provider": status.provider, "template": status.template},
                 "last": last,
                 # Per open document, how many completions wait for typing through or acceptance (0 to 2).
-                "precomputed": [{"uri": uri, "count": len(shown)} for uri, shown in ls.shown.items()],
+                "precomputed": [{"uri": s.uri, "count": len(s.shown)} for s in ls.sessions if s.shown],
                 "speculating": ls.speculation is not None,
                 "last_speculation": ls.last_speculation,
                 "workspace": ls.project.status()}

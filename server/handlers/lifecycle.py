@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from lsprotocol import types
 
-from ..config import parse_settings
+from ghostls.completion.settings import parse_settings
+
 from .workspace_files import watch_files
 
 
@@ -25,6 +26,5 @@ def register(server) -> None:
 
     @server.feature(types.SHUTDOWN)
     def shutdown(ls, params) -> None:
-        for flag in list(ls.inflight.values()):
-            flag.set()
+        ls.sessions.cancel_all("shutdown")
         ls.remotes.close_all()

@@ -19,19 +19,19 @@ def register(server) -> None:
     @server.feature(types.TEXT_DOCUMENT_DID_OPEN)
     def did_open(ls, params: types.DidOpenTextDocumentParams) -> None:
         doc = params.text_document
-        document = ls.documents[doc.uri] = Document(doc.uri, doc.language_id, doc.version, doc.text)
-        ls.project.document_opened(document.snapshot())
+        session = ls.sessions.open(Document(doc.uri, doc.language_id, doc.version, doc.text))
+        ls.project.document_opened(session.document.snapshot())
 
     @server.feature(types.TEXT_DOCUMENT_DID_CHANGE)
     def did_change(ls, params: types.DidChangeTextDocumentParams) -> None:
         uri = params.text_document.uri
-        document = ls.documents.get(uri)
-        if document is None:
+        session = ls.sessions.get(uri)
+        if session is None:
             ls.warn_once(f"ghostls: change for a document that was never opened: {uri}")
             return
         # A newer version makes any completion still running for this document stale.
-        if (flag := ls.inflight.get(uri)) is not None:
-            flag.set()
+        session.cancel_request("the document changed")
+        document = session.document
         for change in params.content_changes:
             span = None
             if isinstance(change, types.TextDocumentContentChangePartial):
@@ -51,13 +51,9 @@ def register(server) -> None:
 
     @server.feature(types.TEXT_DOCUMENT_DID_CLOSE)
     def did_close(ls, params: types.DidCloseTextDocumentParams) -> None:
-        ls.documents.pop(params.text_document.uri, None)
-        ls.shown.pop(params.text_document.uri, None)
-        ls.prompt_anchors.pop(params.text_document.uri, None)
-        ls.held_contexts.pop(params.text_document.uri, None)
+        # Its request stops; its anchor, held context and shown completions go with it.
+        session = ls.sessions.close(params.text_document.uri)
         ls.project.document_closed(params.text_document.uri)
-        if (flag := ls.inflight.pop(params.text_document.uri, None)) is not None:
-            flag.set()
-        if (model := ls.models.loaded) is not None:
+        if session is not None and (model := ls.models.loaded) is not None:
             # On the engine's own thread, after any generation still running: never wait here.
-            ls.engine_worker.submit(model.engine.reset, params.text_document.uri)
+            ls.engine_worker.submit(model.engine.reset, session.cache_key)

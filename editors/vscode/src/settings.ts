@@ -1,5 +1,5 @@
 /**
- * Maps the `ghostls.*` VS Code settings to the server's options. Each server setting (server/config.py) is
+ * Maps the `ghostls.*` VS Code settings to the server's options. Each server setting (completion/settings.py) is
  * the VS Code setting of the same camelCase name, `ghostls.maxLines` -> `maxLines`, so there is one
  * vocabulary across the server, VS Code and Neovim. Pure: no `vscode` import, so `node --test` covers it.
  * Never sends a key the server does not know, because the server reports every unknown key to the user.

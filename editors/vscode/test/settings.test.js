@@ -1,4 +1,4 @@
-// The settings mapping: what the server receives for each VS Code setting (server/config.py names).
+// The settings mapping: what the server receives for each VS Code setting (completion/settings.py names).
 const test = require("node:test");
 const assert = require("node:assert/strict");
 const {

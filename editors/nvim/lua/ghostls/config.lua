@@ -39,7 +39,7 @@ M.defaults = {
   },
 }
 
---- Every server setting (server/config.py, the README's settings table) with the server's default: what
+--- Every server setting (completion/settings.py, the README's settings table) with the server's default: what
 --- `settings` may hold, under the same names as in VS Code (`ghostls.<name>`). `vim.NIL` is the server's null.
 --- The plugin sends only what the user set; this table names and documents the rest.
 M.server_settings = {

@@ -1,4 +1,4 @@
-"""The server's settings: one frozen dataclass with defaults, read from the client's options.
+"""Settings: one frozen dataclass with defaults, read from the client's options.
 
 An invalid option falls back to its default and produces one warning for the user; the resolved
 Settings value travels with each request snapshot, never through globals.

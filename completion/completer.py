@@ -1,7 +1,9 @@
 """One completion, start to end: snapshot → mode → prompt → generation → post-processing.
 
 Plain values in, plain values out; runs on the engine's worker thread, never on the event loop, and
-knows nothing of LSP. Every stage is timed so that an empty or cut answer can be explained.
+knows nothing of LSP. What it needs from the document's earlier answers comes in a SessionSnapshot and goes back
+in the CompletionResult; one CancelToken stops it. Every stage is timed so that an empty or cut answer can be
+explained.
 """
 
 from __future__ import annotations
@@ -10,18 +12,18 @@ import bisect
 import dataclasses
 import time
 from dataclasses import dataclass, field
-from typing import Callable
 
 from ghostls.inference.backend import BackendError, CompletionBackend, TextRequest
-from ghostls.parsers.context import gather_context
 from ghostls.parsers.document import DocumentSnapshot
 from ghostls.parsers.postprocess import (block_continues_below, block_has_code_above, decide_mode, finalize,
                                          stop_check, syntax_guard)
-from ghostls.parsers.prompt import Prompt, build_prompt
+from ghostls.parsers.prompt import build_prompt
 from ghostls.parsers.repo_context import EMPTY, RepoContext
 from ghostls.parsers.workspace import Workspace
 
-from .config import Settings
+from .session import CancelToken, SessionSnapshot
+from .settings import Settings
+from .typeahead import ShownCompletion
 
 
 # A single-line completion needs few tokens; stopping early keeps it quick.
@@ -56,16 +58,19 @@ class CompletionResult:
     alternatives: tuple[str, ...] = ()
     # (cursor line, cross-file context) this answer used: the next request on the same line reuses it.
     held_context: tuple[int, RepoContext] | None = None
+    # The answer as the document shows it, for typing through it and accepting it; None when there is none.
+    shown: ShownCompletion | None = None
 
 
 def complete(backend: CompletionBackend, snapshot: DocumentSnapshot, offset: int, settings: Settings,
-             cancelled: Callable[[], bool] = lambda: False, anchor: int | None = None,
-             workspace: Workspace | None = None, invoked: bool = False,
-             held: tuple[int, RepoContext] | None = None,
-             others_waiting: Callable[[], bool] = lambda: False,
-             contended: Callable[[], bool] | None = None) -> CompletionResult:
-    """`others_waiting` says whether requests for other documents are waiting for the engine now, `contended`
-    whether they did lately (default: now); see BUSY_*."""
+             session: SessionSnapshot | None = None, token: CancelToken | None = None,
+             workspace: Workspace | None = None, invoked: bool = False) -> CompletionResult:
+    """`session`: the document's anchor, held context and KV-cache key (None: a document with no earlier answer).
+    `token` cancels the request and says whether other documents wait for the engine (None: never, and none do);
+    see BUSY_*."""
+    session = session or SessionSnapshot(snapshot.uri)
+    token = token or CancelToken()
+    anchor, held = session.anchor, session.held
     timings: dict[str, float] = {}
     clock = time.perf_counter()
 
@@ -97,25 +102,31 @@ def complete(backend: CompletionBackend, snapshot: DocumentSnapshot, offset: int
         else:
             repo = workspace.context_for(snapshot, offset, template.family, count, settings.context_tokens)
     lap("context")
-    prompt, local = _prompt(snapshot, offset, template, count, budget, repo.text, anchor)
-    busy = False
-    if offset - len(prompt.prefix) != anchor and (contended or others_waiting)():
-        # A new window (no KV cache to reuse) while other documents take turns: a smaller one; its start becomes
-        # the anchor, so the next keystrokes here reuse it for as long as the engine stays shared.
-        busy = True
-        budget = max(BUSY_MIN_BUDGET, int(budget * BUSY_BUDGET_SHARE))
-        prompt, local = _prompt(snapshot, offset, template, count, budget, repo.text, anchor)
+    # A new window (no KV cache to reuse) while other documents take turns gets a smaller budget; its start becomes
+    # the anchor, so the next keystrokes here reuse it for as long as the engine stays shared. Without an anchor
+    # every window is new, and the small one is the only one built.
+    busy = anchor is None and token.contended()
+    if busy:
+        budget = busy_budget(budget)
+    prompt = build_prompt(snapshot, offset, template, count, budget=budget, context=repo.text, anchor=anchor,
+                          local_context=True)
+    if anchor is not None and offset - len(prompt.prefix) != anchor and token.contended():
+        # Built again, smaller: only the full window can tell whether the anchor still holds (then its KV cache
+        # serves it, and it is kept whole).
+        busy, budget = True, busy_budget(budget)
+        prompt = build_prompt(snapshot, offset, template, count, budget=budget, context=repo.text, anchor=anchor,
+                              local_context=True)
     lap("prompt")
     context = {"format": repo.format, "tokens": repo.tokens, "candidates": repo.candidates,
                "dropped": repo.dropped, "items": [dataclasses.asdict(item) for item in repo.items],
-               "localLines": local.count("\n"), "prefixTruncated": prompt.prefix_truncated,
+               "localLines": prompt.local.count("\n"), "prefixTruncated": prompt.prefix_truncated,
                "budget": budget, "busy": busy}
     prefix_start = offset - len(prompt.prefix)
 
     max_new = settings.max_new_tokens if mode.multiline else min(settings.max_new_tokens, SINGLE_LINE_MAX_TOKENS)
     deadline = time.perf_counter() + settings.time_budget_ms / 1000
     request = TextRequest(prompt.text, max_new_tokens=max_new, stop_strings=template.stop,
-                          time_budget_s=settings.time_budget_ms / 1000, cache_key=snapshot.uri,
+                          time_budget_s=settings.time_budget_ms / 1000, cache_key=session.cache_key,
                           first_choices=FIRST_TOKEN_BRANCHES,  # ranked from logits already computed
                           # A word being typed ("self.ap"): its last token is re-chosen. Only where the prompt ends
                           # at the cursor (a FIM prompt ends in the template's tokens) and the cursor's spaces were
@@ -130,13 +141,13 @@ def complete(backend: CompletionBackend, snapshot: DocumentSnapshot, offset: int
         text = prompt.heal(text)
         if complete_at(text):
             return True
-        if mode.multiline and "\n" in text.lstrip("\n") and others_waiting():
+        if mode.multiline and "\n" in text.lstrip("\n") and token.others_waiting():
             first_line_only = True  # other documents wait: one line now, the rest on the next request
             return True
         return False
 
     try:
-        generation = backend.complete(request, is_complete=is_complete, cancelled=cancelled)
+        generation = backend.complete(request, is_complete=is_complete, cancelled=token.cancelled)
     except BackendError as exc:
         lap("generate")
         return CompletionResult("", str(exc), mode.multiline, timings_ms=timings, error=exc.kind,
@@ -167,19 +178,19 @@ def complete(backend: CompletionBackend, snapshot: DocumentSnapshot, offset: int
     # Alternatives: greedy continuations of the next most likely first tokens, while time is left. An invoked
     # request offers up to MAX_CANDIDATES; an automatic one branches only when the syntax guard rejected its
     # greedy answer (the next most likely start instead of silence), and not while other documents wait.
-    wanted = MAX_CANDIDATES if invoked else int(rejected and not others_waiting())
+    wanted = MAX_CANDIDATES if invoked else int(rejected and not token.others_waiting())
     candidates = [final.text] if final.text else []
     branched = False
-    for token in generation.first_choices:
-        if len(candidates) >= wanted or cancelled() or time.perf_counter() >= deadline:
+    for first in generation.first_choices:
+        if len(candidates) >= wanted or token.cancelled() or time.perf_counter() >= deadline:
             break
-        if generation.token_ids[:1] == (token,):
+        if generation.token_ids[:1] == (first,):
             continue  # that is the greedy answer
         try:
             branch = backend.complete(
-                dataclasses.replace(request, forced=(token,), first_choices=0,
+                dataclasses.replace(request, forced=(first,), first_choices=0,
                                     time_budget_s=max(deadline - time.perf_counter(), 0.05)),
-                is_complete=lambda text: complete_at(prompt.heal(text)), cancelled=cancelled)
+                is_complete=lambda text: complete_at(prompt.heal(text)), cancelled=token.cancelled)
         except BackendError:
             break
         branched = True
@@ -192,21 +203,14 @@ def complete(backend: CompletionBackend, snapshot: DocumentSnapshot, offset: int
         lap("alternatives")
     if rejected and candidates:
         reason = f"{reason}; the next most likely start instead"
-    return CompletionResult(candidates[0] if candidates else "", reason, mode.multiline, generation.prompt_tokens,
-                            generation.reused_tokens, timings, prefix_start=prefix_start, context=context,
-                            prompt=prompt.text, alternatives=tuple(candidates[1:]),
-                            held_context=(cursor_line, repo))
+    text = candidates[0] if candidates else ""
+    return CompletionResult(text, reason, mode.multiline, generation.prompt_tokens, generation.reused_tokens, timings,
+                            prefix_start=prefix_start, context=context, prompt=prompt.text,
+                            alternatives=tuple(candidates[1:]), held_context=(cursor_line, repo),
+                            shown=ShownCompletion(snapshot.text, offset, text, mode.multiline) if text else None)
 
 
-def _prompt(snapshot: DocumentSnapshot, offset: int, template, count, budget: int, context: str,
-            anchor: int | None) -> tuple[Prompt, str]:
-    """The prompt within `budget`, and the local context (imports, enclosing headers) added to it, if any."""
-    prompt = build_prompt(snapshot, offset, template, count, budget=budget, context=context, anchor=anchor)
-    local = ""
-    if prompt.prefix_truncated:
-        # The window misses the top of the file: bring the imports and enclosing headers back in.
-        local = gather_context(snapshot, offset, offset - len(prompt.prefix))
-        if local:
-            prompt = build_prompt(snapshot, offset, template, count, budget=budget, context=context + local,
-                                  anchor=anchor)
-    return prompt, local
+def busy_budget(budget: int) -> int:
+    """The prompt budget of a new window while other documents wait for the engine."""
+    return max(BUSY_MIN_BUDGET, int(budget * BUSY_BUDGET_SHARE))
+
