@@ -1,13 +1,17 @@
-"""Cross-file context for one request: definitions from other files of the identifiers used near the cursor, and
-recently edited regions of other documents, fitted to a token budget and rendered for the model family.
+"""Cross-file context for one request: definitions from other files of the identifiers used near the cursor, the
+code elsewhere most like the lines before the cursor (and what follows it there), and recently edited regions of
+other documents, fitted to a token budget and rendered for the model family.
 
-A pure function of (snapshot, offset, definitions lookup, recent edits, family, tokenizer, budget). Ordering keeps
-the KV prefix stable: definitions sorted by file and line (they change least), recent edits last.
+A pure function of (snapshot, offset, definitions lookup, similar code, recent edits, family, tokenizer, budget).
+Ordering keeps the KV prefix stable: definitions sorted by file and line (they change least), then the similar
+code (it changes when the cursor changes line), recent edits last.
 Must never read files (the index did) and never put text from the current file in (the prefix has it).
 """
 
 from __future__ import annotations
 
+import bisect
+import dataclasses
 import os
 import re
 from collections.abc import Callable
@@ -41,10 +45,22 @@ class RecentEdit:
 
 
 @dataclass(frozen=True)
+class SimilarCode:
+    """Lines of another file that look like the lines before the cursor, with the lines that follow them there:
+    a test beside its sibling, a handler beside the last one, a licence header beside another file's."""
+
+    key: str
+    path: str  # as shown in the prompt
+    line: int  # 0-based first line
+    text: str
+    score: float  # Jaccard similarity of the identifiers, 0..1
+
+
+@dataclass(frozen=True)
 class ContextItem:
     """What went in, for `ghostls/explain` (names and places only, never the text)."""
 
-    source: str  # definition | recent_edit
+    source: str  # definition | similar | recent_edit
     name: str
     kind: str
     path: str
@@ -77,6 +93,57 @@ def identifiers_near(text: str, offset: int) -> list[str]:
     return list(seen)
 
 
+# Similar code: the identifiers of this many lines before the cursor are compared with every window of as many
+# lines in the candidate files; the best window, if at least this alike, goes in with the lines after it.
+SIMILAR_WINDOW = 10
+SIMILAR_AFTER = 8
+SIMILAR_MIN_SCORE = 0.35
+
+
+def most_similar(snapshot: DocumentSnapshot, offset: int, candidates: list[tuple[str, str, list[frozenset[str]],
+                 list[str]]]) -> SimilarCode | None:
+    """The window of a candidate file (key, path, identifier sets per line, lines) most like the lines before the
+    cursor, with the SIMILAR_AFTER lines after it; None when nothing is SIMILAR_MIN_SCORE alike."""
+    start = snapshot.line_starts[bisect.bisect_right(snapshot.line_starts, offset) - 1]
+    above = [line for line in snapshot.text[max(0, start - 4_000) : start].split("\n") if line.strip()]
+    query = frozenset(_IDENTIFIER.findall("\n".join(above[-SIMILAR_WINDOW:])))
+    if len(query) < 3:
+        return None
+    best: tuple[float, int, int] | None = None  # (score, candidate, first line)
+    for index, (_key, _path, line_sets, _lines) in enumerate(candidates):
+        for first in range(0, max(1, len(line_sets) - SIMILAR_WINDOW + 1)):
+            window = frozenset().union(*line_sets[first : first + SIMILAR_WINDOW])
+            if not window:
+                continue
+            score = len(query & window) / len(query | window)
+            if best is None or score > best[0]:
+                best = (score, index, first)
+    if best is None or best[0] < SIMILAR_MIN_SCORE:
+        return None
+    score, index, first = best
+    key, path, _sets, lines = candidates[index]
+    text = "\n".join(lines[first : first + SIMILAR_WINDOW + SIMILAR_AFTER]).strip("\n")
+    return SimilarCode(key, path, first, text, round(score, 3))
+
+
+def _fit_similar(similar: SimilarCode, budget: int, count_tokens: Callable[[str], int]) -> SimilarCode | None:
+    """The similar code cut from its top until it fits `budget` tokens: the lines that matched the cursor's last
+    lines, and what followed them, are what the model copies from. None when not even three lines fit."""
+    lines = similar.text.split("\n")
+    dropped = 0
+    while len(lines) - dropped >= 3 and count_tokens("\n".join(lines[dropped:])) + 4 > budget:
+        dropped += 1
+    if len(lines) - dropped < 3:
+        return None
+    return dataclasses.replace(similar, line=similar.line + dropped, text="\n".join(lines[dropped:]))
+
+
+def identifier_sets(text: str) -> tuple[list[frozenset[str]], list[str]]:
+    """A candidate file for `most_similar`: each line's identifiers, and the lines."""
+    lines = text.split("\n")
+    return [frozenset(_IDENTIFIER.findall(line)) for line in lines], lines
+
+
 def build_repo_context(
     snapshot: DocumentSnapshot,
     offset: int,
@@ -86,11 +153,16 @@ def build_repo_context(
     count_tokens: Callable[[str], int],
     budget: int,
     root: str | None = None,
+    similar: SimilarCode | None = None,
 ) -> RepoContext:
     """The context block (may be "") and a record of what is in it."""
     if budget <= 0:
         return EMPTY
     own = document_key(snapshot.uri)
+    # The similar code is what the model can most directly copy from: it is taken first, up to half the budget.
+    similar = _fit_similar(similar, budget // 2, count_tokens) if similar is not None and similar.key != own else None
+    similar_tokens = count_tokens(similar.text) + 4 if similar is not None else 0
+    budget -= similar_tokens
     imports = _import_text(snapshot)
 
     # 1. Rank: names nearest the cursor first; a definition in a file the current file imports wins ties.
@@ -130,7 +202,7 @@ def build_repo_context(
             edits.append((edit, tokens))
             spent += tokens
 
-    if not chosen and not edits:
+    if not chosen and not edits and similar is None:
         return RepoContext("", "none", candidates=candidates, dropped=candidates)
 
     # 3. Order for the KV cache: definitions by (file, line), so the block does not reshuffle as the cursor
@@ -142,6 +214,9 @@ def build_repo_context(
         path = _display(definition.key, root)
         files.setdefault(path, []).append(definition.snippet)
         items.append(ContextItem("definition", definition.name, definition.kind, path, definition.line, tokens))
+    if similar is not None:
+        files.setdefault(similar.path, []).append(similar.text)
+        items.append(ContextItem("similar", "", "code", similar.path, similar.line, similar_tokens))
     for edit, tokens in edits:
         files.setdefault(edit.path, []).append(edit.text)
         items.append(ContextItem("recent_edit", "", "edit", edit.path, edit.line, tokens))
@@ -149,7 +224,7 @@ def build_repo_context(
     text, kind = _render(files, snapshot, family, root)
     if not text:
         return RepoContext("", "none", candidates=candidates, dropped=candidates)
-    return RepoContext(text, kind, tuple(items), spent, candidates, candidates - len(chosen))
+    return RepoContext(text, kind, tuple(items), spent + similar_tokens, candidates, candidates - len(chosen))
 
 
 def _render(files: dict[str, list[str]], snapshot: DocumentSnapshot, family: str, root: str | None) -> tuple[str, str]:

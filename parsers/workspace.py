@@ -1,5 +1,5 @@
-"""The workspace as completions see it: its roots, what may be read (secrets, ignore files), the symbol index and
-the recently edited regions of open documents.
+"""The workspace as completions see it: its roots, what may be read (secrets, ignore files), the symbol index,
+the files whose code is most like the cursor's, and the recently edited regions of open documents.
 
 The server calls the `document_*` / `files_changed` methods on its event loop; each only records or queues (never
 parses or reads a file there). `context_for` runs on the engine's worker thread. Knows nothing of LSP.
@@ -16,7 +16,9 @@ from collections.abc import Callable, Iterable
 from .document import DocumentSnapshot
 from .ignore import IGNORE_FILE, IgnoreRules, uri_to_path
 from .index import IndexLimits, IndexWorker, SymbolIndex, document_key
-from .repo_context import EMPTY, RecentEdit, RepoContext, build_repo_context
+from .languages import rules_for
+from .repo_context import (EMPTY, RecentEdit, RepoContext, SimilarCode, build_repo_context, identifier_sets,
+                           most_similar)
 
 MAX_RECENT_EDITS = 4
 RECENT_EDIT_LINES = (3, 4)  # lines above and below an edit that go into other documents' prompts
@@ -24,6 +26,10 @@ RECENT_EDIT_LINES = (3, 4)  # lines above and below an edit that go into other d
 # changes at every keystroke at the top of a prompt would void the KV cache of every prompt it is in
 # (measured: four editors typing at once went from cache hits to a cold prefill per request).
 RECENT_EDIT_SETTLE_S = 2.0
+# Where similar code is looked for: the other open documents, then files of the same language in the cursor
+# file's folder (a test's siblings are tests), at most this many in all and none larger than SIMILAR_MAX_BYTES.
+SIMILAR_FILES = 12
+SIMILAR_MAX_BYTES = 200_000
 
 
 class Workspace:
@@ -37,6 +43,8 @@ class Workspace:
         # key -> (line of the last edit, its time.monotonic()), newest last
         self._recent: OrderedDict[str, tuple[int, float]] = OrderedDict()
         self._lock = threading.Lock()
+        # Sibling files read for similar code, by path: (mtime_ns, identifier sets per line, lines).
+        self._siblings: dict[str, tuple[int, list[frozenset[str]], list[str]]] = {}
         if self.worker is not None and self.roots:
             self.worker.scan()
 
@@ -111,13 +119,61 @@ class Workspace:
                 out.append(RecentEdit(key, self._display(key), line, window))
         return out
 
+    def similar_code(self, snapshot: DocumentSnapshot, offset: int) -> SimilarCode | None:
+        """The code in other open documents or sibling files most like the lines before the cursor (or None)."""
+        key = document_key(snapshot.uri)
+        with self._lock:
+            texts = [(k, text) for k, text in self._texts.items() if k != key]
+        candidates = [(k, self._display(k), *identifier_sets(text)) for k, text in texts[-SIMILAR_FILES:]]
+        path = uri_to_path(snapshot.uri)
+        if path is not None and len(candidates) < SIMILAR_FILES:
+            open_keys = {k for k, _text in texts} | {key}
+            for sibling in self._siblings_of(path, snapshot.language.name):
+                if len(candidates) >= SIMILAR_FILES:
+                    break
+                if document_key(sibling) not in open_keys and (read := self._read_sibling(sibling)) is not None:
+                    candidates.append((document_key(sibling), self._display(document_key(sibling)), *read))
+        return most_similar(snapshot, offset, candidates)
+
+    def _siblings_of(self, path: str, language: str) -> list[str]:
+        """Files of the same language in the folder of `path`, nearest in name first, never ignored or secret."""
+        folder, name = os.path.split(path)
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError:
+            return []
+        stem = name.split(".", 1)[0]
+        found = [e.path for e in entries if e.is_file() and e.path != path and rules_for(None, e.path).name == language
+                 and not self.ignore.is_ignored(e.path) and not self.ignore.is_secret(e.path)]
+        # Names ending like this one first: a _test.go file's nearest kin are the other _test.go files.
+        found.sort(key=lambda p: -len(os.path.commonprefix([stem[::-1], os.path.basename(p).split(".", 1)[0][::-1]])))
+        return found
+
+    def _read_sibling(self, path: str) -> tuple[list[frozenset[str]], list[str]] | None:
+        try:
+            stat = os.stat(path)
+            if stat.st_size > SIMILAR_MAX_BYTES:
+                return None
+            cached = self._siblings.get(path)
+            if cached is not None and cached[0] == stat.st_mtime_ns:
+                return cached[1], cached[2]
+            with open(path, encoding="utf-8") as f:
+                sets, lines = identifier_sets(f.read())
+        except (OSError, UnicodeDecodeError):
+            return None
+        if len(self._siblings) >= 4 * SIMILAR_FILES:
+            self._siblings.clear()  # a handful of folders' files at most; re-read when the user moves on
+        self._siblings[path] = (stat.st_mtime_ns, sets, lines)
+        return sets, lines
+
     def context_for(self, snapshot: DocumentSnapshot, offset: int, family: str, count_tokens: Callable[[str], int],
                     budget: int) -> RepoContext:
         if budget <= 0:
             return EMPTY
         key = document_key(snapshot.uri)
         return build_repo_context(snapshot, offset, self.index.lookup, self.recent_edits(key), family,
-                                  count_tokens, budget, root=self._root_of(key))
+                                  count_tokens, budget, root=self._root_of(key),
+                                  similar=self.similar_code(snapshot, offset))
 
     def status(self) -> dict:
         if self.worker is None:

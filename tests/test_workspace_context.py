@@ -190,3 +190,71 @@ def test_build_repo_context_is_pure_over_a_lookup(root: Path):
     # Without any index: a lookup function is all it needs.
     main = Document((root / "main.py").as_uri(), "python", 1, (root / "main.py").read_text()).snapshot()
     assert build_repo_context(main, len(main.text), lambda name: (), [], "qwen", count_tokens, 400).text == ""
+
+
+# -- similar code: the lines elsewhere most like the cursor's, with what follows them there ----------------------
+
+GO_TEST_A = '''package cli
+
+func TestFishNoActiveHelp(t *testing.T) {
+	c := &Command{Use: "c", Run: emptyRun}
+	buf := new(bytes.Buffer)
+	assertNoErr(t, c.GenFishCompletion(buf, true))
+	output := buf.String()
+	activeHelpVar := activeHelpEnvVar(c.Name())
+	check(t, output, fmt.Sprintf("%s=0", activeHelpVar))
+}
+'''
+GO_TEST_B_HEAD = '''package cli
+
+func TestZshNoActiveHelp(t *testing.T) {
+	c := &Command{Use: "c", Run: emptyRun}
+	buf := new(bytes.Buffer)
+'''
+
+
+def _go_folder(tmp_path: Path) -> Path:
+    folder = tmp_path / "cli"
+    folder.mkdir()
+    (folder / "fish_test.go").write_text(GO_TEST_A)
+    (folder / "unrelated.go").write_text("package cli\n\nvar table = map[string]int{\"x\": 1}\n")
+    return folder
+
+
+def test_similar_code_comes_from_a_sibling_with_the_lines_that_follow_it(tmp_path: Path):
+    folder = _go_folder(tmp_path)
+    ws = Workspace([str(tmp_path)], index=False)
+    snapshot = Document((folder / "zsh_test.go").as_uri(), "go", 1, GO_TEST_B_HEAD + "\t").snapshot()
+    context = ws.context_for(snapshot, len(snapshot.text), "prefix_only", count_tokens, 400)
+    similar = [item for item in context.items if item.source == "similar"]
+    assert [(item.path, item.line) for item in similar] == [("cli/fish_test.go", 0)]
+    # The model sees the next lines of the sibling: what it can copy, with Zsh for Fish.
+    assert "// \tassertNoErr(t, c.GenFishCompletion(buf, true))" in context.text
+    assert "var table" not in context.text
+
+
+def test_similar_code_is_never_the_file_itself_nor_an_ignored_one(tmp_path: Path):
+    folder = _go_folder(tmp_path)
+    (tmp_path / ".ghostlsignore").write_text("fish_test.go\n")
+    ws = Workspace([str(tmp_path)], index=False)
+    snapshot = Document((folder / "zsh_test.go").as_uri(), "go", 1, GO_TEST_B_HEAD + "\t").snapshot()
+    assert ws.similar_code(snapshot, len(snapshot.text)) is None
+    # The file's own copy on disk (here: the sibling opened under its own name) is not similar code to itself.
+    own = Document((folder / "fish_test.go").as_uri(), "go", 1, GO_TEST_A).snapshot()
+    assert Workspace([str(tmp_path)], index=False).similar_code(own, len(GO_TEST_A)) is None
+
+
+def test_similar_code_below_the_threshold_stays_out_and_a_small_budget_cuts_it_from_the_top(tmp_path: Path):
+    folder = _go_folder(tmp_path)
+    ws = Workspace([str(tmp_path)], index=False)
+    other = Document((folder / "zsh_test.go").as_uri(), "go", 1, "package cli\n\nfunc main() {\n\tfmt.Println(1)\n").snapshot()
+    assert ws.similar_code(other, len(other.text)) is None
+    snapshot = Document((folder / "zsh_test.go").as_uri(), "go", 1, GO_TEST_B_HEAD + "\t").snapshot()
+    # Half of 80 tokens holds the sibling's last lines only: what follows the lines like the cursor's stays.
+    small = ws.context_for(snapshot, len(snapshot.text), "prefix_only", count_tokens, 80)
+    [similar] = [item for item in small.items if item.source == "similar"]
+    assert similar.line > 0 and similar.tokens <= 40 and small.tokens <= 80
+    assert "// \tcheck(t, output, fmt.Sprintf(" in small.text and "package cli" not in small.text
+    # Too small for three lines: left out.
+    tiny = ws.context_for(snapshot, len(snapshot.text), "prefix_only", count_tokens, 20)
+    assert all(item.source != "similar" for item in tiny.items)
