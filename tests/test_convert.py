@@ -322,6 +322,13 @@ def test_cuda_target_converts_on_a_cpu_machine(tiny_checkpoints, tmp_path) -> No
     assert (manifest.precision, manifest.execution_provider) == ("fp16", "cuda")
     genai = json.loads((out / "genai_config.json").read_text())
     assert "cuda" in json.dumps(genai["model"]["decoder"]["session_options"]["provider_options"]).lower()
+    # The builder stamps the model with its own release, never the commit of a git repository around the
+    # environment it runs from (a virtual environment inside a project would give that project's HEAD).
+    import onnx
+    import onnxruntime_genai
+
+    stamp = onnx.load(str(out / "model.onnx"), load_external_data=False).producer_version
+    assert stamp == f"{onnxruntime_genai.__version__}+{onnxruntime_genai.__commit__[:7]}"
 
 
 def test_converted_model_computes_last_position_logits_only(tiny_model: Callable[[str], Path]) -> None:

@@ -291,7 +291,10 @@ def _build_onnx(checkpoint: Path, out: Path, precision: str, provider: str, tmp:
         "-i", str(checkpoint), "-o", str(out), "-p", precision, "-e", provider,
         "-c", str(tmp / "builder-cache"), "--extra_options", "hf_token=false", *BUILDER_OPTIONS,
     ]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TQDM_DISABLE": "1"}
+    # GIT_DIR: the builder stamps the model with `git rev-parse HEAD` run five folders above itself, which in a
+    # virtual environment inside a project is that project's commit; with no repository it takes its own release's.
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TQDM_DISABLE": "1",
+           "GIT_DIR": os.devnull}
     with open(log_path, "wb") as log:
         rc = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
     if rc != 0 or not (out / MODEL_FILE).is_file():
