@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from ghostls.inference.backend import BackendError, CompletionBackend, TextRequest
 from ghostls.parsers.document import DocumentSnapshot
 from ghostls.parsers.postprocess import (block_continues_below, block_has_code_above, decide_mode, finalize,
-                                         only_a_comment_marker, stop_check, syntax_guard)
+                                         stop_check, syntax_guard)
 from ghostls.parsers.prompt import build_prompt
 from ghostls.parsers.repo_context import EMPTY, RepoContext
 from ghostls.parsers.workspace import Workspace
@@ -169,19 +169,15 @@ def complete(backend: CompletionBackend, snapshot: DocumentSnapshot, offset: int
         guarded = syntax_guard(snapshot, offset, final)
         rejected, final = bool(final.text) and not guarded.text, guarded
         lap("parse")
-    if only_a_comment_marker(final.text, snapshot.language):
-        rejected, final = True, dataclasses.replace(final, text="", reason=f"{final.reason}; only a comment marker")
     reason = f"{final.reason} (model stopped: {generation.stop_reason})"
 
     def finish(text: str) -> str:
         candidate = finalize(snapshot, offset, mode, prompt.heal(text), settings.max_lines, skip)
-        text = (candidate if "syntax" in skip else syntax_guard(snapshot, offset, candidate)).text
-        return "" if only_a_comment_marker(text, snapshot.language) else text
+        return (candidate if "syntax" in skip else syntax_guard(snapshot, offset, candidate)).text
 
     # Alternatives: greedy continuations of the next most likely first tokens, while time is left. An invoked
-    # request offers up to MAX_CANDIDATES; an automatic one branches only when its greedy answer was rejected
-    # (by the syntax guard, or only a comment marker: the next most likely start instead of silence), and not
-    # while other documents wait.
+    # request offers up to MAX_CANDIDATES; an automatic one branches only when the syntax guard rejected its
+    # greedy answer (the next most likely start instead of silence), and not while other documents wait.
     wanted = MAX_CANDIDATES if invoked else int(rejected and not token.others_waiting())
     candidates = [final.text] if final.text else []
     branched = False

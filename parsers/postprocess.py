@@ -14,7 +14,7 @@ from typing import NamedTuple
 import tree_sitter
 
 from .document import DocumentSnapshot
-from .languages import LanguageRules, parser_for
+from .languages import parser_for
 
 MAX_LINES = 12
 
@@ -480,16 +480,6 @@ def block_continues_below(snapshot: DocumentSnapshot, offset: int, mode: Complet
 
 
 # The syntax guard ---------------------------------------------------------------------------------------------
-
-
-def only_a_comment_marker(text: str, rules: LanguageRules) -> bool:
-    """A completion that is nothing but a comment's marker ("*" on a doc comment's line, a lone "//"): it opens
-    a line and says nothing, and an editor writes the marker itself on Enter. Worth less than another start."""
-    stripped = text.strip()
-    markers = {rules.line_comment} if rules.line_comment else set()
-    if rules.block_comment and rules.block_comment[0].endswith("*"):
-        markers.add("*")
-    return bool(stripped) and stripped in markers
 
 
 def syntax_guard(snapshot: DocumentSnapshot, offset: int, completion: Completion) -> Completion:

@@ -7,7 +7,6 @@ import pytest
 
 from ghostls.parsers.document import Document
 from ghostls.parsers.postprocess import (Completion, CompletionMode, block_has_code_above, decide_mode, finalize,
-                                         only_a_comment_marker,
                                          stop_check)
 
 EXTENSIONS = {"python": "py", "typescript": "ts", "javascript": "js", "go": "go", "rust": "rs", "cpp": "cpp", "lua": "lua",
@@ -274,14 +273,3 @@ def test_nested_closers_on_their_own_lines_are_not_a_loop():
 def test_block_has_code_above(language, marked, has_code):
     snapshot, offset = at_cursor(language, marked)
     assert block_has_code_above(snapshot, offset, decide_mode(snapshot, offset)) is has_code
-
-
-@pytest.mark.parametrize(("language", "text", "bare"), [
-    ("typescript", "*", True), ("typescript", " * ", True), ("typescript", "//", True), ("python", "#", True),
-    ("typescript", "*/", False), ("typescript", "* @param x", False), ("python", "*", False), ("go", "", False),
-    ("rust", "// todo", False),
-])
-def test_only_a_comment_marker(language, text, bare):
-    from ghostls.parsers.languages import rules_for
-
-    assert only_a_comment_marker(text, rules_for(language)) is bare

@@ -252,22 +252,3 @@ def test_a_retry_after_longer_than_the_deadline_is_reported_at_once(engine, back
     assert error.value.kind == "rate_limited"
     assert time.monotonic() - started < 1.0
     assert len(engine.requests) == 1
-
-
-def test_a_doc_comment_line_that_is_only_its_marker_gives_way_to_the_next_start(engine, backend_for):
-    """On a doc comment's line a model often writes " *" and ends the line: ghost text that says nothing (an editor
-    writes the marker on Enter). The completer takes the next most likely start instead, as for a syntax break."""
-    from ghostls.completion.completer import complete
-    from ghostls.completion.settings import Settings
-    from ghostls.parsers.document import Document
-
-    text = "/**\n * Returns the sum.\n \n */\nexport function add(a: number, b: number) {}\n"
-    offset = text.index(" \n */") + 1
-    snapshot = Document("file:///t.ts", "typescript", 1, text).snapshot()
-    engine.pieces = ("*", "\n")
-    engine.top_logprobs = {"*": -0.1, "* @param": -1.5, "*/": -2.0}
-    backend = backend_for(engine.url, fim_template="prefix_only")
-    result = complete(backend, snapshot, offset, Settings())
-    # The branch is the forced token, then what the fake streams to every request ("*").
-    assert (result.text, "only a comment marker" in result.reason) == ("* @param*", True)
-    assert "next most likely start" in result.reason
