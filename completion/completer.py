@@ -164,6 +164,7 @@ def complete(backend: CompletionBackend, snapshot: DocumentSnapshot, offset: int
         final = dataclasses.replace(final, reason=f"{final.reason}; first line only: other documents were waiting")
     lap("postprocess")
     rejected = False
+    unguarded = final
     if "syntax" not in skip:
         # parse: the document re-parsed with the completion merged in, to keep it from adding syntax errors.
         guarded = syntax_guard(snapshot, offset, final)
@@ -203,6 +204,11 @@ def complete(backend: CompletionBackend, snapshot: DocumentSnapshot, offset: int
         lap("alternatives")
     if rejected and candidates:
         reason = f"{reason}; the next most likely start instead"
+    elif rejected:
+        # Every start broke the file: the greedy answer's lines up to one that opens a block, rather than nothing.
+        head = syntax_guard(snapshot, offset, unguarded, open_head=True)
+        if head.text:
+            candidates, reason = [head.text], f"{head.reason} (model stopped: {generation.stop_reason})"
     text = candidates[0] if candidates else ""
     return CompletionResult(text, reason, mode.multiline, generation.prompt_tokens, generation.reused_tokens, timings,
                             prefix_start=prefix_start, context=context, prompt=prompt.text,

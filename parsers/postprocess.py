@@ -482,9 +482,12 @@ def block_continues_below(snapshot: DocumentSnapshot, offset: int, mode: Complet
 # The syntax guard ---------------------------------------------------------------------------------------------
 
 
-def syntax_guard(snapshot: DocumentSnapshot, offset: int, completion: Completion) -> Completion:
+def syntax_guard(snapshot: DocumentSnapshot, offset: int, completion: Completion, *,
+                 open_head: bool = False) -> Completion:
     """The completion, trimmed by whole lines from its end (or emptied) until merging it into the document adds no
     tree-sitter ERROR or MISSING node; a last line that opens a block may stay open (its body is the user's next).
+    `open_head`: rather than nothing, the longest head whose last line opens a block or a bracket (the completer's
+    last resort, after the other starts it tried were rejected too).
 
     Parses incrementally on a copy of the snapshot's tree; a document without a tree passes unchanged.
     """
@@ -527,6 +530,13 @@ def syntax_guard(snapshot: DocumentSnapshot, offset: int, completion: Completion
         head = "\n".join(lines[:keep]).rstrip()
         if head.strip() and not adds_errors(head):
             return Completion(head, _join(completion.reason, f"cut to {keep} line(s): the rest adds syntax errors"))
+        # A head whose last line opens a block or a bracket, as a whole answer's may (above): its body is the user's.
+        last = lines[keep - 1]
+        if open_head and (ends_with_opener(last, snapshot.language.block_openers)
+                          or (keep == 1 and _opens_a_bracket_last(last))) \
+                and not adds_errors("\n".join(lines[: keep - 1])):
+            return Completion(head, _join(completion.reason,
+                                          f"cut to {keep} line(s), the last one open: the rest adds syntax errors"))
     return Completion("", _join(completion.reason, "rejected: it adds syntax errors"))
 
 

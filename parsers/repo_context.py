@@ -95,9 +95,12 @@ def identifiers_near(text: str, offset: int) -> list[str]:
 
 # Similar code: the identifiers of this many lines before the cursor are compared with every window of as many
 # lines in the candidate files; the best window, if at least this alike, goes in with the lines after it.
+# The threshold, from ghostls eval's 204 holes in four repositories: the holes whose best window scored 0.6 or
+# more gained 3.4 edit-similarity points in all, those under it lost 0.3 (a window that only shares common
+# words misleads the model as often as it helps).
 SIMILAR_WINDOW = 10
 SIMILAR_AFTER = 8
-SIMILAR_MIN_SCORE = 0.35
+SIMILAR_MIN_SCORE = 0.6
 
 
 def most_similar(snapshot: DocumentSnapshot, offset: int, candidates: list[tuple[str, str, list[frozenset[str]],

@@ -252,3 +252,20 @@ def test_a_retry_after_longer_than_the_deadline_is_reported_at_once(engine, back
     assert error.value.kind == "rate_limited"
     assert time.monotonic() - started < 1.0
     assert len(engine.requests) == 1
+
+
+def test_when_every_start_breaks_the_file_the_head_that_opens_a_block_is_shown(engine, backend_for):
+    """The completer's last resort: the greedy answer and each next most likely start all add syntax errors, so
+    the greedy answer's lines up to the one that opens a block are shown, rather than nothing."""
+    from ghostls.completion.completer import complete
+    from ghostls.completion.settings import Settings
+    from ghostls.parsers.document import Document
+
+    text = "function f(x) {\n  \n}\n"
+    snapshot = Document("file:///t.js", "javascript", 1, text).snapshot()
+    engine.pieces = ("if (x > 0) {\n", "    ]] (\n", "  }")
+    engine.top_logprobs = {"if": -0.1, "while": -1.5}
+    backend = backend_for(engine.url, fim_template="prefix_only")
+    result = complete(backend, snapshot, text.index("\n}"), Settings())
+    assert result.text == "if (x > 0) {" and "the last one open" in result.reason
+    assert len(engine.requests) == 3  # the greedy answer, then the two other starts, all broken
