@@ -237,6 +237,7 @@ def product_engine(checkpoint: Path, work: Path, provider: str, prompt_tokens: i
     back, back_fresh = complete(ids[:-8], False), complete(ids[:-8], True)
     return {
         "provider": f"{engine.provider.name}: {engine.provider.reason}", "convert_s": round(convert_s, 1),
+        "prefill_chunk": engine.prefill_chunk,
         "fresh_first_token_ms": 1000 * first.first_token_s, "fresh_total_ms": 1000 * (first.prefill_s + first.decode_s),
         "typed_reused_tokens": grown.reused_tokens, "typed_first_token_ms": 1000 * grown.first_token_s,
         "typed_total_ms": 1000 * (grown.prefill_s + grown.decode_s),

@@ -26,8 +26,10 @@ from .provider import ProviderChoice, choose_provider
 
 log = logging.getLogger(__name__)
 
-# Prefill in chunks so that a cancellation or the time budget is noticed within one chunk.
-PREFILL_CHUNK = 256
+# Prefill in chunks so that a cancellation or the time budget is noticed within one chunk: 256 tokens on the CPU
+# (a fraction of a second). On CUDA a whole 1,000-token prefill takes 9 ms, and each chunk is another pass over
+# every layer's kernels: four chunks made the first token 24 ms instead of 9 (docs/benchmarks.md, the GPU check).
+PREFILL_CHUNK = {"cpu": 256, "cuda": 4096}
 # Reusing fewer tokens than this is not worth keeping a stale cache around.
 MIN_REUSE = 8
 # A new cache is sized for at least this many tokens, rounded up to a multiple of CACHE_STEP: onnxruntime-genai
@@ -145,6 +147,7 @@ class Engine:
         except Exception as exc:  # a corrupt or truncated model must become a clear message
             raise ModelError(f"cannot load the model in {self.model_dir}: {exc}") from exc
         self.load_s = time.perf_counter() - started
+        self.prefill_chunk = PREFILL_CHUNK[self.provider.name]
         genai = json.loads((self.model_dir / "genai_config.json").read_text())
         self.context_length = min(int(genai["model"].get("context_length", 2048)), max_context)
         eos = genai["model"].get("eos_token_id", [])
@@ -242,7 +245,7 @@ class Engine:
         while pending:
             if cancelled():
                 return self._result([], "cancelled", prompt, reused, started, time.perf_counter())
-            chunk, pending = pending[:PREFILL_CHUNK], pending[PREFILL_CHUNK:]
+            chunk, pending = pending[:self.prefill_chunk], pending[self.prefill_chunk:]
             kv.generator.append_tokens(chunk)
             kv.tokens.extend(chunk)
         prefilled = time.perf_counter()
