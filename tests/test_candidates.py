@@ -49,9 +49,11 @@ SERVER = [sys.executable, "-m", "ghostls.cli.main", "serve", "--stdio"]
 
 @pytest_lsp.fixture(config=ClientServerConfig(server_command=SERVER))
 async def client(lsp_client: LanguageClient, tiny_model):
+    # No cross-file context: these tests open several documents with the same text, which would be each other's
+    # similar code, so each prompt would depend on what else is open; here the prompt is the document alone.
     params = types.InitializeParams(capabilities=client_capabilities("visual-studio-code"), initialization_options={
         "model": str(tiny_model("qwen")), "loadWaitMs": 120_000, "debounceMs": 0, "maxNewTokens": 6,
-        "timeBudgetMs": 20_000})
+        "timeBudgetMs": 20_000, "workspaceContext": False})
     await lsp_client.initialize_session(params)
     yield
     await lsp_client.shutdown_session()
