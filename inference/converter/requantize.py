@@ -38,8 +38,9 @@ import numpy as np
 
 from ghostls.inference.cache import ModelError
 
+from .ops.graph import MS_DOMAIN
+
 BLOCK = 32
-MS_DOMAIN = "com.microsoft"
 # The RMS norms whose output a W8A8 MatMul may read: op type -> index of the norm's weight (gamma) input.
 RMS_NORMS = {"SimplifiedLayerNormalization": 1, "SkipSimplifiedLayerNormalization": 2}
 # SmoothQuant's migration strength: s = amax(x)^alpha / amax(W)^(1 - alpha) per input channel. Chosen on the
