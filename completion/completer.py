@@ -8,7 +8,6 @@ explained.
 
 from __future__ import annotations
 
-import bisect
 import dataclasses
 import time
 from dataclasses import dataclass, field
@@ -93,7 +92,7 @@ def complete(backend: CompletionBackend, snapshot: DocumentSnapshot, offset: int
     budget = settings.prompt_budget(backend.provider_name)
     count = backend.count_tokens
     repo = EMPTY
-    cursor_line = bisect.bisect_right(snapshot.line_starts, offset) - 1
+    cursor_line = snapshot.line_of(offset)
     if workspace is not None and settings.workspace_context:
         if held is not None and held[0] == cursor_line:
             # Typing along a line keeps the context it started with: the prompt's head, and so its KV cache,
@@ -164,7 +163,6 @@ def complete(backend: CompletionBackend, snapshot: DocumentSnapshot, offset: int
         final = dataclasses.replace(final, reason=f"{final.reason}; first line only: other documents were waiting")
     lap("postprocess")
     rejected = False
-    unguarded = final
     if "syntax" not in skip:
         # parse: the document re-parsed with the completion merged in, to keep it from adding syntax errors.
         guarded = syntax_guard(snapshot, offset, final)
@@ -204,11 +202,9 @@ def complete(backend: CompletionBackend, snapshot: DocumentSnapshot, offset: int
         lap("alternatives")
     if rejected and candidates:
         reason = f"{reason}; the next most likely start instead"
-    elif rejected:
+    elif rejected and final.open_head is not None:
         # Every start broke the file: the greedy answer's lines up to one that opens a block, rather than nothing.
-        head = syntax_guard(snapshot, offset, unguarded, open_head=True)
-        if head.text:
-            candidates, reason = [head.text], f"{head.reason} (model stopped: {generation.stop_reason})"
+        candidates, reason = [final.open_head.text], f"{final.open_head.reason} (model stopped: {generation.stop_reason})"
     text = candidates[0] if candidates else ""
     return CompletionResult(text, reason, mode.multiline, generation.prompt_tokens, generation.reused_tokens, timings,
                             prefix_start=prefix_start, context=context, prompt=prompt.text,

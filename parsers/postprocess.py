@@ -42,6 +42,9 @@ class CompletionMode:
 class Completion:
     text: str
     reason: str  # why it was cut, trimmed or emptied ("complete" when nothing was done)
+    # Set by syntax_guard when it rejects: the first line, when it opens a block or a bracket; the completer's
+    # last resort once the other starts it tried were rejected too.
+    open_head: Completion | None = None
 
 
 @dataclass(frozen=True)
@@ -253,7 +256,8 @@ def _cut_loop(text: str, *, final: bool) -> str | None:
             return "\n".join(lines[: i - _LOOP_LINES + 2])
     # Blocks compare without indentation: the first line of an answer has none (the cursor's is in the prompt).
     stripped = [line.lstrip() for line in complete]
-    for end in range(4, len(stripped) + 1):  # the first block whose second copy ends at line `end`
+    # The first block whose second copy ends at line `end`; while decoding, only one ending at the newest line.
+    for end in range(4, len(stripped) + 1) if final else [len(stripped)]:
         for size in range(2, min(_LOOP_BLOCK_LINES, end // 2) + 1):
             block = stripped[end - 2 * size : end - size]
             if block == stripped[end - size : end] and sum(1 for line in block if _loop_unit(line)) >= 2:
@@ -482,12 +486,10 @@ def block_continues_below(snapshot: DocumentSnapshot, offset: int, mode: Complet
 # The syntax guard ---------------------------------------------------------------------------------------------
 
 
-def syntax_guard(snapshot: DocumentSnapshot, offset: int, completion: Completion, *,
-                 open_head: bool = False) -> Completion:
+def syntax_guard(snapshot: DocumentSnapshot, offset: int, completion: Completion) -> Completion:
     """The completion, trimmed by whole lines from its end (or emptied) until merging it into the document adds no
     tree-sitter ERROR or MISSING node; a last line that opens a block may stay open (its body is the user's next).
-    `open_head`: rather than nothing, the longest head whose last line opens a block or a bracket (the completer's
-    last resort, after the other starts it tried were rejected too).
+    Emptied, it carries its first line as `open_head` when that line opens a block or a bracket.
 
     Parses incrementally on a copy of the snapshot's tree; a document without a tree passes unchanged.
     """
@@ -530,14 +532,13 @@ def syntax_guard(snapshot: DocumentSnapshot, offset: int, completion: Completion
         head = "\n".join(lines[:keep]).rstrip()
         if head.strip() and not adds_errors(head):
             return Completion(head, _join(completion.reason, f"cut to {keep} line(s): the rest adds syntax errors"))
-        # A head whose last line opens a block or a bracket, as a whole answer's may (above): its body is the user's.
-        last = lines[keep - 1]
-        if open_head and (ends_with_opener(last, snapshot.language.block_openers)
-                          or (keep == 1 and _opens_a_bracket_last(last))) \
-                and not adds_errors("\n".join(lines[: keep - 1])):
-            return Completion(head, _join(completion.reason,
-                                          f"cut to {keep} line(s), the last one open: the rest adds syntax errors"))
-    return Completion("", _join(completion.reason, "rejected: it adds syntax errors"))
+    # No head is clean. The first line alone may still open a block or a bracket, as a whole answer's last line
+    # may (above): its body is the user's. (A longer head ending so would stand on a clean head, found above.)
+    first = lines[0].rstrip()
+    opens = ends_with_opener(first, snapshot.language.block_openers) or _opens_a_bracket_last(first)
+    open_head = Completion(first, _join(completion.reason, "cut to 1 line(s), the last one open: the rest adds "
+                                        "syntax errors")) if opens else None
+    return Completion("", _join(completion.reason, "rejected: it adds syntax errors"), open_head)
 
 
 _MAX_REPAIRS = 10

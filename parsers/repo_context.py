@@ -10,7 +10,6 @@ Must never read files (the index did) and never put text from the current file i
 
 from __future__ import annotations
 
-import bisect
 import dataclasses
 import os
 import re
@@ -107,7 +106,7 @@ def most_similar(snapshot: DocumentSnapshot, offset: int, candidates: list[tuple
                  list[str]]]) -> SimilarCode | None:
     """The window of a candidate file (key, path, identifier sets per line, lines) most like the lines before the
     cursor, with the SIMILAR_AFTER lines after it; None when nothing is SIMILAR_MIN_SCORE alike."""
-    start = snapshot.line_starts[bisect.bisect_right(snapshot.line_starts, offset) - 1]
+    start = snapshot.line_starts[snapshot.line_of(offset)]
     above = [line for line in snapshot.text[max(0, start - 4_000) : start].split("\n") if line.strip()]
     query = frozenset(_IDENTIFIER.findall("\n".join(above[-SIMILAR_WINDOW:])))
     if len(query) < 3:

@@ -43,8 +43,9 @@ class Workspace:
         # key -> (line of the last edit, its time.monotonic()), newest last
         self._recent: OrderedDict[str, tuple[int, float]] = OrderedDict()
         self._lock = threading.Lock()
-        # Sibling files read for similar code, by path: (mtime_ns, identifier sets per line, lines).
-        self._siblings: dict[str, tuple[int, list[frozenset[str]], list[str]]] = {}
+        # The candidates of similar code, by key: (what they were read from: an open document's text or a file's
+        # mtime, identifier sets per line, lines). Worker thread only; an unchanged document is not read again.
+        self._identifiers: dict[str, tuple[object, list[frozenset[str]], list[str]]] = {}
         if self.worker is not None and self.roots:
             self.worker.scan()
 
@@ -124,15 +125,17 @@ class Workspace:
         key = document_key(snapshot.uri)
         with self._lock:
             texts = [(k, text) for k, text in self._texts.items() if k != key]
-        candidates = [(k, self._display(k), *identifier_sets(text)) for k, text in texts[-SIMILAR_FILES:]]
+        candidates = [(k, self._display(k), *self._identifier_sets(k, text, lambda text=text: text))
+                      for k, text in texts[-SIMILAR_FILES:]]
         path = uri_to_path(snapshot.uri)
         if path is not None and len(candidates) < SIMILAR_FILES:
             open_keys = {k for k, _text in texts} | {key}
             for sibling in self._siblings_of(path, snapshot.language.name):
                 if len(candidates) >= SIMILAR_FILES:
                     break
-                if document_key(sibling) not in open_keys and (read := self._read_sibling(sibling)) is not None:
-                    candidates.append((document_key(sibling), self._display(document_key(sibling)), *read))
+                sibling_key = document_key(sibling)
+                if sibling_key not in open_keys and (read := self._read_sibling(sibling)) is not None:
+                    candidates.append((sibling_key, self._display(sibling_key), *read))
         return most_similar(snapshot, offset, candidates)
 
     def _siblings_of(self, path: str, language: str) -> list[str]:
@@ -150,20 +153,28 @@ class Workspace:
         return found
 
     def _read_sibling(self, path: str) -> tuple[list[frozenset[str]], list[str]] | None:
+        def read() -> str:
+            with open(path, encoding="utf-8") as f:
+                return f.read()
+
         try:
             stat = os.stat(path)
             if stat.st_size > SIMILAR_MAX_BYTES:
                 return None
-            cached = self._siblings.get(path)
-            if cached is not None and cached[0] == stat.st_mtime_ns:
-                return cached[1], cached[2]
-            with open(path, encoding="utf-8") as f:
-                sets, lines = identifier_sets(f.read())
+            return self._identifier_sets(document_key(path), stat.st_mtime_ns, read)
         except (OSError, UnicodeDecodeError):
             return None
-        if len(self._siblings) >= 4 * SIMILAR_FILES:
-            self._siblings.clear()  # a handful of folders' files at most; re-read when the user moves on
-        self._siblings[path] = (stat.st_mtime_ns, sets, lines)
+
+    def _identifier_sets(self, key: str, stamp: object, text: Callable[[], str]) -> tuple[list[frozenset[str]],
+                                                                                          list[str]]:
+        """`identifier_sets` of a candidate, computed again only when its stamp (a text, an mtime) changed."""
+        cached = self._identifiers.get(key)
+        if cached is not None and (cached[0] is stamp or cached[0] == stamp):
+            return cached[1], cached[2]
+        sets, lines = identifier_sets(text())
+        if len(self._identifiers) >= 4 * SIMILAR_FILES:
+            self._identifiers.clear()  # a handful of documents and folders at most; read again as the user moves on
+        self._identifiers[key] = (stamp, sets, lines)
         return sets, lines
 
     def context_for(self, snapshot: DocumentSnapshot, offset: int, family: str, count_tokens: Callable[[str], int],

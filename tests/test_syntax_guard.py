@@ -62,19 +62,22 @@ def test_an_opener_on_the_last_line_may_stay_open():
 
 def test_a_body_broken_after_a_line_that_opens_is_cut_to_that_line_as_a_last_resort():
     # The whole answer breaks, and no clean head is left: rejected, so that the completer tries other starts;
-    # when those break too, it asks for the head that ends opening a block or a bracket, rather than nothing.
+    # the rejection carries the head that ends opening a block or a bracket, shown when those break too.
     source = "package main\n\nfunc f() []string {\n\t|\n}\n"
     body = 'comps := []string{\n\t\t"first",\n\t\t"second" "third"\n\t)}'
     assert _guard("go", source, body).text == ""
     offset = source.index("|")
     snapshot = Document("file:///t/go", "go", 1, source.replace("|", "", 1)).snapshot()
-    got = syntax_guard(snapshot, offset, Completion(body, "complete"), open_head=True)
+    got = syntax_guard(snapshot, offset, Completion(body, "complete")).open_head
     assert got.text == "comps := []string{" and "cut to 1 line(s), the last one open" in got.reason
     source = "function f(x) {\n  |\n}\n"
     snapshot = Document("file:///t/javascript", "javascript", 1, source.replace("|", "", 1)).snapshot()
-    body = "x += 1;\n  if (x > 0) {\n    ]] (\n  }"
-    got = syntax_guard(snapshot, source.index("|"), Completion(body, "complete"), open_head=True)
-    assert got.text == "x += 1;\n  if (x > 0) {" and "cut to 2 line(s), the last one open" in got.reason
+    body = "if (x > 0) {\n    ]] (\n  }"
+    got = syntax_guard(snapshot, source.index("|"), Completion(body, "complete")).open_head
+    assert got.text == "if (x > 0) {" and "cut to 1 line(s), the last one open" in got.reason
+    # A clean head comes first: no rejection, so no last resort is needed.
+    clean = syntax_guard(snapshot, source.index("|"), Completion("x += 1;\n  if (x > 0) {\n    ]] (\n  }", "complete"))
+    assert (clean.text, clean.open_head) == ("x += 1;", None)
 
 
 def test_existing_errors_do_not_count_against_the_completion():

@@ -217,16 +217,21 @@ func TestZshNoActiveHelp(t *testing.T) {
 
 def _go_folder(tmp_path: Path) -> Path:
     folder = tmp_path / "cli"
-    folder.mkdir()
+    folder.mkdir(parents=True)
     (folder / "fish_test.go").write_text(GO_TEST_A)
     (folder / "unrelated.go").write_text("package cli\n\nvar table = map[string]int{\"x\": 1}\n")
     return folder
 
 
+def _zsh_test(folder: Path, text: str = GO_TEST_B_HEAD + "\t"):
+    """A new test file beside fish_test.go, its cursor at the end."""
+    return Document((folder / "zsh_test.go").as_uri(), "go", 1, text).snapshot()
+
+
 def test_similar_code_comes_from_a_sibling_with_the_lines_that_follow_it(tmp_path: Path):
     folder = _go_folder(tmp_path)
     ws = Workspace([str(tmp_path)], index=False)
-    snapshot = Document((folder / "zsh_test.go").as_uri(), "go", 1, GO_TEST_B_HEAD + "\t").snapshot()
+    snapshot = _zsh_test(folder)
     context = ws.context_for(snapshot, len(snapshot.text), "prefix_only", count_tokens, 400)
     similar = [item for item in context.items if item.source == "similar"]
     assert [(item.path, item.line) for item in similar] == [("cli/fish_test.go", 0)]
@@ -239,19 +244,20 @@ def test_similar_code_is_never_the_file_itself_nor_an_ignored_one(tmp_path: Path
     folder = _go_folder(tmp_path)
     (tmp_path / ".ghostlsignore").write_text("fish_test.go\n")
     ws = Workspace([str(tmp_path)], index=False)
-    snapshot = Document((folder / "zsh_test.go").as_uri(), "go", 1, GO_TEST_B_HEAD + "\t").snapshot()
+    snapshot = _zsh_test(folder)
     assert ws.similar_code(snapshot, len(snapshot.text)) is None
-    # The file's own copy on disk (here: the sibling opened under its own name) is not similar code to itself.
-    own = Document((folder / "fish_test.go").as_uri(), "go", 1, GO_TEST_A).snapshot()
-    assert Workspace([str(tmp_path)], index=False).similar_code(own, len(GO_TEST_A)) is None
+    # In a folder that ignores nothing, fish_test.go's own copy on disk (the same text) is not similar code to it.
+    plain = _go_folder(tmp_path / "plain")
+    own = Document((plain / "fish_test.go").as_uri(), "go", 1, GO_TEST_A).snapshot()
+    assert Workspace([str(tmp_path / "plain")], index=False).similar_code(own, len(GO_TEST_A)) is None
 
 
 def test_similar_code_below_the_threshold_stays_out_and_a_small_budget_cuts_it_from_the_top(tmp_path: Path):
     folder = _go_folder(tmp_path)
     ws = Workspace([str(tmp_path)], index=False)
-    other = Document((folder / "zsh_test.go").as_uri(), "go", 1, "package cli\n\nfunc main() {\n\tfmt.Println(1)\n").snapshot()
+    other = _zsh_test(folder, "package cli\n\nfunc main() {\n\tfmt.Println(1)\n")
     assert ws.similar_code(other, len(other.text)) is None
-    snapshot = Document((folder / "zsh_test.go").as_uri(), "go", 1, GO_TEST_B_HEAD + "\t").snapshot()
+    snapshot = _zsh_test(folder)
     # Half of 80 tokens holds the sibling's last lines only: what follows the lines like the cursor's stays.
     small = ws.context_for(snapshot, len(snapshot.text), "prefix_only", count_tokens, 80)
     [similar] = [item for item in small.items if item.source == "similar"]
